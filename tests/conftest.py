@@ -47,3 +47,9 @@ def fused_backend(request) -> str:
     """The fused backends, on CPU tensors (Triton through its interpreter)."""
     require_backend(request.param)
     return request.param
+
+
+@pytest.fixture
+def cpu_extension() -> None:
+    """Requires the C++ extension (the ``cpu`` backend)."""
+    require_backend("cpu")

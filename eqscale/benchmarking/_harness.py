@@ -1,0 +1,115 @@
+"""Timing primitives and the suite registry."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import statistics
+import time
+from collections.abc import Callable, Sequence
+
+import torch
+
+SUITES = {
+    "spherical_harmonics": "eqscale.benchmarking.spherical_harmonics",
+}
+
+
+@dataclasses.dataclass
+class Row:
+    """One benchmark case: eqscale against one anchor, measured side by side."""
+
+    suite: str
+    case: str
+    step: str
+    backend: str
+    anchor: str
+    speedup: float  # anchor median time / eqscale median time (> 1: eqscale is faster)
+    gflops: float | None = None  # eqscale's useful GFLOP/s
+    matmul_gflops: float | None = None  # fp32 matmul GFLOP/s measured in the same run
+    note: str = ""
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_side_by_side(
+    functions: Sequence[Callable[[], object]],
+    *,
+    repeats: int = 7,
+    warmup: int = 2,
+    device: torch.device | str = "cpu",
+) -> list[float]:
+    """Median wall time in seconds of each function, timed in alternation.
+
+    Alternating (A, B, A, B, ...) spreads the noise of a shared machine evenly over all the
+    contestants, so the ratio of medians is meaningful even where absolute times are not.
+
+    Args:
+        functions: zero-argument callables.
+        repeats: timed calls of each.
+        warmup: untimed calls of each first.
+        device: synchronised around each call when it is a GPU.
+
+    Returns:
+        One median per function.
+    """
+    device = torch.device(device)
+    for function in functions:
+        for _ in range(warmup):
+            function()
+    samples: list[list[float]] = [[] for _ in functions]
+    for _ in range(repeats):
+        for index, function in enumerate(functions):
+            _synchronize(device)
+            start = time.perf_counter()
+            function()
+            _synchronize(device)
+            samples[index].append(time.perf_counter() - start)
+    return [statistics.median(times) for times in samples]
+
+
+def matmul_gflops(size: int = 1024, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> float:
+    """Measured GFLOP/s of a square matmul, the machine's practical peak for comparison."""
+    device = torch.device(device)
+    a = torch.randn(size, size, dtype=dtype, device=device)
+    b = torch.randn(size, size, dtype=dtype, device=device)
+    (seconds,) = time_side_by_side([lambda: a @ b], repeats=5, warmup=1, device=device)
+    return 2 * size**3 / seconds / 1e9
+
+
+def run_suites(names: Sequence[str] | None = None, *, quick: bool = False) -> list[Row]:
+    """Runs the named suites (all when ``None``) and returns their rows.
+
+    Args:
+        names: suite names, keys of ``SUITES``.
+        quick: small inputs and few repeats (a smoke run that still prints real ratios).
+    """
+    names = list(SUITES) if names is None else list(names)
+    unknown = sorted(set(names) - set(SUITES))
+    if unknown:
+        raise ValueError(f"unknown benchmark suite(s) {unknown}; choose from {sorted(SUITES)}")
+    peak = matmul_gflops()
+    rows: list[Row] = []
+    for name in names:
+        module = importlib.import_module(SUITES[name])
+        for row in module.run(quick=quick):
+            row.matmul_gflops = peak
+            rows.append(row)
+    return rows
+
+
+def format_table(rows: Sequence[Row]) -> str:
+    """A Markdown table of rows (the format the README shows)."""
+    header = "| suite | case | step | eqscale | vs | speedup | useful GFLOP/s | matmul GFLOP/s | note |"
+    lines = [header, "|---|---|---|---|---|---:|---:|---:|---|"]
+    for row in rows:
+        gflops = f"{row.gflops:.1f}" if row.gflops is not None else ""
+        peak = f"{row.matmul_gflops:.0f}" if row.matmul_gflops is not None else ""
+        lines.append(
+            f"| {row.suite} | {row.case} | {row.step} | {row.backend} | {row.anchor} | "
+            f"{row.speedup:.2f}x | {gflops} | {peak} | {row.note} |"
+        )
+    return "\n".join(lines)

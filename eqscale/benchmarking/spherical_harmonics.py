@@ -1,0 +1,113 @@
+"""Spherical harmonics: eqscale (C++ on CPU, Triton on GPU) against e3nn.
+
+Inputs: random vectors (100,000; 20,000 with ``quick``), ``lmax`` 2, 4, 6, 8, ``normalize=True``,
+``"component"`` normalisation, float32. Steps: ``forward`` and ``forward+backward`` (gradient with
+respect to the vectors, as for forces).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from eqscale import backends
+from eqscale.benchmarking._harness import Row, time_side_by_side
+from eqscale.ops.spherical_harmonics import spherical_harmonics
+
+LMAXES = (2, 4, 6, 8)
+STEPS = ("forward", "forward+backward")
+
+
+@dataclasses.dataclass
+class Case:
+    """One input configuration and the contestants that run on it."""
+
+    name: str
+    step: str
+    device: torch.device
+    contestants: dict[str, Callable[[], object]]  # first entry: eqscale
+
+
+def _step(function: Callable[[torch.Tensor], torch.Tensor], vectors: torch.Tensor, step: str) -> Callable[[], object]:
+    if step == "forward":
+
+        def run():
+            with torch.no_grad():
+                return function(vectors)
+
+        return run
+    leaf = vectors.detach().requires_grad_(True)
+
+    def run_backward():
+        output = function(leaf)
+        (grad,) = torch.autograd.grad(output, leaf, torch.ones_like(output))
+        return grad
+
+    return run_backward
+
+
+def _devices() -> list[tuple[torch.device, str]]:
+    devices = []
+    if backends.cpu_available():
+        devices.append((torch.device("cpu"), "cpu"))
+    if torch.cuda.is_available() and backends.usable("triton", torch.device("cuda")):
+        devices.append((torch.device("cuda"), "triton"))
+    return devices
+
+
+def cases(quick: bool = False) -> list[Case]:
+    """The benchmark cases on every device with a fused backend here."""
+    import e3nn.o3  # noqa: PLC0415 - benchmark-only dependency
+
+    num_vectors = 20_000 if quick else 100_000
+    result = []
+    for device, backend in _devices():
+        vectors = torch.randn(num_vectors, 3, generator=torch.Generator().manual_seed(0)).to(device)
+        for lmax in LMAXES:
+            degrees = list(range(lmax + 1))
+
+            def ours(v, lmax=lmax, backend=backend):
+                return spherical_harmonics(v, lmax, True, "component", backend=backend)
+
+            def theirs(v, degrees=degrees):
+                return e3nn.o3.spherical_harmonics(degrees, v, normalize=True, normalization="component")
+
+            for step in STEPS:
+                result.append(
+                    Case(
+                        name=f"N={num_vectors}, lmax={lmax}, {device.type}",
+                        step=step,
+                        device=device,
+                        contestants={f"eqscale-{backend}": _step(ours, vectors, step), "e3nn": _step(theirs, vectors, step)},
+                    )
+                )
+    return result
+
+
+def _useful_flops(function: Callable[[], object]) -> int:
+    with FlopCounterMode(display=False) as counter:
+        function()
+    return counter.get_total_flops()
+
+
+def run(quick: bool = False) -> list[Row]:
+    """Times every case side by side and returns the rows."""
+    rows = []
+    for case in cases(quick):
+        (ours_name, ours), (anchor_name, anchor) = case.contestants.items()
+        seconds_ours, seconds_anchor = time_side_by_side([ours, anchor], repeats=5 if quick else 11, device=case.device)
+        rows.append(
+            Row(
+                suite="spherical_harmonics",
+                case=case.name,
+                step=case.step,
+                backend=ours_name,
+                anchor=anchor_name,
+                speedup=seconds_anchor / seconds_ours,
+                gflops=_useful_flops(ours) / seconds_ours / 1e9,
+            )
+        )
+    return rows
