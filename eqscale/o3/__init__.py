@@ -8,16 +8,47 @@ Example:
     80
 """
 
+from eqscale.o3._clebsch_gordan import CGEntry, cg_nonzeros, clebsch_gordan, wigner_3j
 from eqscale.o3._irreps import Irrep, Irreps, MulIr
 from eqscale.o3._spherical_harmonics import sh_coefficients, spherical_harmonics_flops
+from eqscale.o3._tensor_product import (
+    Instruction,
+    TensorProductPlan,
+    plan_tensor_product,
+    tensor_product_reference,
+    uvu_irreps_out,
+)
+from eqscale.o3._wigner import (
+    quaternion_to_matrix,
+    random_orthogonal,
+    random_rotation,
+    rotation_to_axis,
+    wigner_D,
+    wigner_D_from_quaternion,
+)
 
 __all__ = [
+    "CGEntry",
+    "Instruction",
     "Irrep",
     "Irreps",
     "MulIr",
+    "TensorProductPlan",
+    "cg_nonzeros",
+    "clebsch_gordan",
+    "plan_tensor_product",
+    "quaternion_to_matrix",
+    "random_orthogonal",
+    "random_rotation",
+    "rotation_to_axis",
     "sh_coefficients",
     "spherical_harmonics",
     "spherical_harmonics_flops",
+    "tensor_product_reference",
+    "uvu_irreps_out",
+    "wigner_3j",
+    "wigner_D",
+    "wigner_D_from_quaternion",
 ]
 
 

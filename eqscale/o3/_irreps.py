@@ -149,8 +149,8 @@ class Irreps(tuple):
         return Irreps(merged)
 
     def sort(self) -> Irreps:
-        """Terms sorted by ``(l, -p)``, like e3nn's ``Irreps.sort().irreps``."""
-        return Irreps(sorted(self, key=lambda term: (term.ir.l, -term.ir.p)))
+        """Terms sorted by ``(l, p)`` (odd before even), like e3nn's ``Irreps.sort().irreps``."""
+        return Irreps(sorted(self, key=lambda term: (term.ir.l, term.ir.p)))
 
     def count(self, ir: Any) -> int:  # type: ignore[override]
         """Total multiplicity of ``ir``."""
