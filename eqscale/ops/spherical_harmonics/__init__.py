@@ -109,7 +109,8 @@ def _triton_op_names() -> tuple[str, str, str]:
 def _register(op_names: tuple[str, str, str], *, with_fake: bool) -> None:
     """Fake impls, autograd to second order and FLOP formulas for one backend's three operators."""
     forward, backward, double_backward = (f"eqscale::{name}" for name in op_names)
-    forward_op, backward_op, double_backward_op = (getattr(torch.ops.eqscale, name).default for name in op_names)
+    # register_flop_formula takes the overload packets (torch.ops.eqscale.name), the others either.
+    forward_op, backward_op, double_backward_op = (getattr(torch.ops.eqscale, name) for name in op_names)
 
     if with_fake:
 
@@ -173,6 +174,6 @@ def _register(op_names: tuple[str, str, str], *, with_fake: bool) -> None:
 
 if _cpu.load():
     _register(_cpu.OP_NAMES, with_fake=True)
-if False and backends.triton_available():  # TEMPORARY until triton.py lands
+if backends.triton_available():
     # triton_op operators trace through their Python body, so they need no separate fake impl.
     _register(_triton_op_names(), with_fake=False)

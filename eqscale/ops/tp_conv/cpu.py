@@ -1,0 +1,29 @@
+"""Binds the C++ tensor-product convolution (``csrc/cpu/tp_conv.cpp``).
+
+Schema (``csrc/ops.cpp``)::
+
+    tp_conv_contract(Tensor? node_feats, Tensor? edge_attrs, Tensor? edge_weights, Tensor? grad_out,
+                     Tensor edge_index, int num_nodes, int open_slot, Tensor paths, Tensor cg_index,
+                     Tensor cg_value, int layout, int[] sizes, bool deterministic, int flops_per_edge)
+        -> Tensor
+
+evaluates the 4-linear form of :mod:`eqscale.ops.tp_conv` with slot ``open_slot`` left open (its
+tensor is None). ``sizes = [sender_rows, dim_in1, dim_in2, weight_numel, weights_shared,
+dim_out]``; the tables are those of :mod:`eqscale.ops.tp_conv._tables`.
+"""
+
+from __future__ import annotations
+
+from eqscale import _extension
+
+OP_NAME = "tp_conv_contract"
+
+
+def load() -> bool:
+    """Loads ``eqscale._C``; whether it provides the tensor-product convolution."""
+    module = _extension.load()
+    if module is None:
+        return False
+    import torch  # noqa: PLC0415
+
+    return hasattr(torch.ops.eqscale, OP_NAME)
