@@ -10,6 +10,22 @@ Example:
     >>> rows = run_suites(["spherical_harmonics"], quick=True)  # doctest: +SKIP
 """
 
-from eqscale.benchmarking._harness import Row, format_table, matmul_gflops, run_suites, time_side_by_side
+from eqscale.benchmarking._harness import (
+    Row,
+    benchmark_params,
+    format_table,
+    matmul_gflops,
+    peak_tensor_bytes,
+    run_suites,
+    time_side_by_side,
+)
 
-__all__ = ["Row", "format_table", "matmul_gflops", "run_suites", "time_side_by_side"]
+__all__ = [
+    "Row",
+    "benchmark_params",
+    "format_table",
+    "matmul_gflops",
+    "peak_tensor_bytes",
+    "run_suites",
+    "time_side_by_side",
+]

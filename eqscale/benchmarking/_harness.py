@@ -7,11 +7,13 @@ import importlib
 import statistics
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 
 SUITES = {
     "spherical_harmonics": "eqscale.benchmarking.spherical_harmonics",
+    "tp_conv": "eqscale.benchmarking.tp_conv",
 }
 
 
@@ -113,3 +115,51 @@ def format_table(rows: Sequence[Row]) -> str:
             f"{row.speedup:.2f}x | {gflops} | {peak} | {row.note} |"
         )
     return "\n".join(lines)
+
+
+def peak_tensor_bytes(function: Callable[[], object]) -> int:
+    """Peak bytes of live tensor storage allocated by PyTorch operators while ``function`` runs.
+
+    Tracks every storage that an operator returns (including what autograd saves) until it is
+    freed, through a ``TorchDispatchMode``. Memory that a fused kernel allocates privately (e.g.
+    index scratch inside C++) is not seen; inputs that exist before the call are not counted.
+    """
+    import weakref  # noqa: PLC0415
+
+    from torch.utils._python_dispatch import TorchDispatchMode  # noqa: PLC0415
+    from torch.utils._pytree import tree_flatten  # noqa: PLC0415
+
+    state = {"live": 0, "peak": 0}
+    seen: set[int] = set()
+
+    def release(key: int, size: int) -> None:
+        seen.discard(key)
+        state["live"] -= size
+
+    class Tracker(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            result = func(*args, **(kwargs or {}))
+            for value in tree_flatten(result)[0]:
+                if isinstance(value, torch.Tensor):
+                    storage = value.untyped_storage()
+                    key = storage.data_ptr()
+                    if key and key not in seen:
+                        seen.add(key)
+                        size = storage.nbytes()
+                        state["live"] += size
+                        state["peak"] = max(state["peak"], state["live"])
+                        weakref.finalize(storage, release, key, size)
+            return result
+
+    with Tracker():
+        function()
+    return state["peak"]
+
+
+def benchmark_params(cases: Sequence[Any]) -> list[tuple[Any, str, str]]:
+    """``(case, contestant, group)`` triples for ``pytest.mark.parametrize`` in ``benchmarks/``.
+
+    ``group`` names the input configuration and step, so that pytest-benchmark's table puts
+    eqscale and its anchors side by side (``--benchmark-group-by=group``).
+    """
+    return [(case, contestant, f"{case.name}, {case.step}") for case in cases for contestant in case.contestants]
