@@ -32,6 +32,11 @@ def load() -> ModuleType | None:
     return module
 
 
+_loaded: list[bool] = []  # filled on the first call; a plain global so torch.compile can read it
+
+
 def available() -> bool:
     """Whether the C++ extension is built and importable."""
-    return load() is not None
+    if not _loaded:
+        _loaded.append(load() is not None)
+    return _loaded[0]

@@ -18,7 +18,6 @@ Example:
 from __future__ import annotations
 
 import contextlib
-import functools
 import importlib.util
 import os
 from collections.abc import Iterator
@@ -66,10 +65,13 @@ def use_backend(name: str) -> Iterator[None]:
         _override_stack.pop()
 
 
-@functools.cache
+# Looked up once at import: torch.compile traces backend resolution and cannot trace importlib.
+_TRITON_INSTALLED = importlib.util.find_spec("triton") is not None
+
+
 def triton_available() -> bool:
     """Whether Triton is installed (it may still lack a GPU; see :func:`triton_interpreted`)."""
-    return importlib.util.find_spec("triton") is not None
+    return _TRITON_INSTALLED
 
 
 def triton_interpreted() -> bool:
