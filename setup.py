@@ -5,6 +5,9 @@ still succeeds and eqscale falls back to the reference backend with one warning 
 
 Environment:
     EQSCALE_NO_EXTENSION=1  skip the C++ build entirely.
+    EQSCALE_REQUIRE_EXTENSION=1
+                            make a failed C++ build fail the install (CI, development), instead of
+                            the default of installing without the extension.
     EQSCALE_MARCH=native    the ``-march`` used for the host build (default ``native``; set it to
                             ``x86-64-v3`` or similar when building a wheel for other machines).
 """
@@ -46,8 +49,17 @@ def _extension_build():
             try:
                 super().run()
             except Exception as error:  # noqa: BLE001 - any compiler failure must not break the install
-                print(f"eqscale: building eqscale._C failed ({error}); "
-                      "the reference backend will be used", file=sys.stderr)
+                if os.environ.get("EQSCALE_REQUIRE_EXTENSION") == "1":
+                    raise
+                # pip hides build output unless -v; this banner is what to look for in that log.
+                rule = "=" * 78
+                print(
+                    f"\n{rule}\neqscale: building eqscale._C FAILED ({error}).\n"
+                    "The compiler errors are above. eqscale is installed without it and falls "
+                    "back to the reference backend.\nRebuild with EQSCALE_REQUIRE_EXTENSION=1 "
+                    f"pip install -v --no-build-isolation -e . to make this an error.\n{rule}",
+                    file=sys.stderr,
+                )
 
     return [extension], {"build_ext": OptionalBuildExtension.with_options(use_ninja=True)}
 

@@ -7,9 +7,9 @@ Example:
     torch.Size([100, 25])
 """
 
-from eqscale import backends, nn, o3, ops, testing
+from eqscale import backends, compat, nn, o3, ops, testing
 from eqscale._info import info
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "backends", "info", "nn", "o3", "ops", "testing"]
+__all__ = ["__version__", "backends", "compat", "info", "nn", "o3", "ops", "testing"]

@@ -13,6 +13,7 @@ import torch
 
 SUITES = {
     "spherical_harmonics": "eqscale.benchmarking.spherical_harmonics",
+    "radius_graph": "eqscale.benchmarking.radius_graph",
     "tp_conv": "eqscale.benchmarking.tp_conv",
 }
 

@@ -6,6 +6,8 @@ Example:
     torch.Size([10, 16])
 """
 
+from eqscale.ops.radius_graph import edge_quadruplets, edge_triplets, edge_vectors, radius_graph
 from eqscale.ops.spherical_harmonics import spherical_harmonics
+from eqscale.ops.tp_conv import tp_conv
 
-__all__ = ["spherical_harmonics"]
+__all__ = ["edge_quadruplets", "edge_triplets", "edge_vectors", "radius_graph", "spherical_harmonics", "tp_conv"]

@@ -1,0 +1,987 @@
+// CPU kernel of the fused tensor-product convolution: the operator tp_conv_contract.
+//
+// It evaluates the 4-linear form of eqscale/ops/tp_conv/__init__.py,
+//
+//   F(x, Y, W, G) = sum_e sum_paths sum_{C_ijk != 0} c x[s_e]_{u,i} Y_e,{v,j} W_e,{u,v,w} G[r_e]_{w,k},
+//
+// with one slot open, i.e. its gradient with respect to that slot. Outline:
+//
+//   * Node tensors (x, G, the node outputs) are handled in the ir_mul order internally ("canonical"),
+//     so that the channel index u is contiguous and the inner loops are SIMD over channels. mul_ir
+//     input is permuted once per call (O(N dim)); node outputs are permuted while being written.
+//   * Edges are grouped by a stable counting sort (CSR, O(E + N)): by receiver for the output and for
+//     the per-edge slots (so that consecutive edges reuse a receiver's row of G from cache), by sender
+//     for the node-feature gradient. Node slots are parallel over destination nodes: each node's row
+//     is accumulated in thread-local scratch over its edges, in edge order, and written once. Per-edge
+//     slots are parallel over fixed chunks of the sorted edges; shared weights sum one partial row per
+//     chunk and add the partials in chunk order. The chunking never depends on the thread count, so
+//     results are bitwise identical for any number of threads and any schedule.
+//   * The hot case (uvu with one edge channel, i.e. spherical harmonics; l <= 4; channel count a
+//     multiple of the SIMD width) runs templated kernels with the degrees as compile-time constants,
+//     so that accumulators live in registers across a node's edges. They use the factorisation of
+//     TensorProductPlan.flops: y_ik = sum_j c C_ijk Y_j is formed per edge (SIMD across a block of
+//     edges), then out_k[u] += sum_i y_ik (W[u] x_i[u]) is SIMD across channels. Everything else
+//     (uvw, uuu, several edge channels, odd channel counts) runs a generic loop kernel.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <utility>
+#include <vector>
+
+#if defined(__GNUC__) && !defined(__clang__)
+// 32/64-byte vector types change the calling convention on targets without AVX; they never cross
+// a call boundary here (everything is inlined), so the warning is noise.
+#pragma GCC diagnostic ignored "-Wpsabi"
+#endif
+
+namespace eqscale {
+namespace {
+
+#if defined(__GNUC__) || defined(__clang__)
+#define EQSCALE_TP_INLINE inline __attribute__((always_inline))
+#define EQSCALE_TP_SIMD 1
+#define EQSCALE_TP_UNROLL _Pragma("GCC unroll 16")
+#else
+#define EQSCALE_TP_INLINE inline
+#define EQSCALE_TP_UNROLL
+#endif
+
+constexpr const char* kOp = "tp_conv_contract";
+
+enum Slot : int64_t { kNodeFeats = 0, kEdgeAttrs = 1, kEdgeWeights = 2, kOutput = 3 };
+enum Mode : int64_t { kUVW = 0, kUVU = 1, kUUU = 2 };
+// Columns of the paths table (eqscale/ops/tp_conv/_tables.py).
+enum PathField : int64_t {
+  kMode, kHasWeight, kIn1Offset, kIn1Mul, kIn1Dim, kIn2Offset, kIn2Mul, kIn2Dim,
+  kOutOffset, kOutMul, kOutDim, kWeightOffset, kCgStart, kCgCount, kNumPathFields
+};
+
+// Edges per block: the unit over which per-edge CG scalars are formed (SIMD across edges).
+constexpr int64_t kBlock = 32;
+// Sorted edges per task of the per-edge slots; fixed, so shared-weight partial sums do not depend on
+// the number of threads.
+constexpr int64_t kEdgeChunk = 256;
+// Target work (edges + nodes) per task of the node slots: only load balance depends on it.
+constexpr int64_t kNodeTaskWork = 512;
+// The templated kernels cover degrees l <= kMaxFastL.
+constexpr int64_t kMaxFastL = 4;
+
+struct Path {
+  int64_t mode, has_weight, off1, mul1, d1, off2, mul2, d2, offo, mulo, dout, woff, cg_start, cg_count;
+  bool fast;
+};
+
+template <class S>
+struct Entry {
+  int64_t i, j, k;
+  S c;
+};
+
+// One dense (a, b) cell of a path's per-edge matrix y_ab = sum over entries of c Y_j: its entries
+// are ab_entries[first, first + count).
+struct Cell {
+  int64_t first, count;
+};
+
+template <class S>
+struct Problem {
+  int64_t num_edges, sender_rows, num_nodes, dim1, dim2, weight_numel, dimo, layout;
+  bool shared;
+  const S* x = nullptr;  // (sender_rows, dim1), canonical
+  const S* y = nullptr;  // (E, dim2), caller's layout
+  const S* w = nullptr;  // (E, weight_numel) or (weight_numel,)
+  const S* g = nullptr;  // (num_nodes, dimo), canonical
+  const int64_t* senders = nullptr;
+  const int64_t* receivers = nullptr;
+  std::vector<Path> paths;
+  std::vector<Entry<S>> entries;
+  // Fast paths: per path, DA * DB cells (a, b) = (i, k), or (k, i) for the node-feature gradient,
+  // and the (j, c) lists they point into.
+  std::vector<std::vector<Cell>> cells;
+  std::vector<std::vector<std::pair<int64_t, S>>> cell_entries;
+
+  const S* weights_of(int64_t edge) const { return w == nullptr ? nullptr : (shared ? w : w + edge * weight_numel); }
+};
+
+// ---------------------------------------------------------------------------------------------
+// Templated kernels (uvu, one edge channel)
+// ---------------------------------------------------------------------------------------------
+
+#ifdef EQSCALE_TP_SIMD
+#if defined(__AVX512F__)
+constexpr int kVectorBytes = 64;
+#else
+constexpr int kVectorBytes = 32;
+#endif
+
+template <class S>
+struct Simd {
+  static constexpr int64_t lanes = kVectorBytes / sizeof(S);
+  typedef S V __attribute__((vector_size(kVectorBytes)));
+  EQSCALE_TP_INLINE static V load(const S* p) {
+    V v;
+    std::memcpy(&v, p, sizeof(V));
+    return v;
+  }
+  EQSCALE_TP_INLINE static void store(S* p, const V& v) { std::memcpy(p, &v, sizeof(V)); }
+  // A braced list of copies compiles to one broadcast from memory; V{} + s costs an add (0 + s is
+  // no identity for -0) and an element loop may be vectorised into a wide load.
+  template <size_t... I>
+  EQSCALE_TP_INLINE static V splat(S s, std::index_sequence<I...>) {
+    return V{((void)I, s)...};
+  }
+  EQSCALE_TP_INLINE static V splat(S s) { return splat(s, std::make_index_sequence<lanes>()); }
+  EQSCALE_TP_INLINE static S sum(const V& v) {
+    S s = v[0];
+    for (int64_t l = 1; l < lanes; ++l) s += v[l];
+    return s;
+  }
+};
+
+// Chunks of channels handled together: a node slot's accumulator chain has DB independent
+// registers per chunk, too few to hide the FMA latency when l_out is small.
+template <int DB>
+constexpr int64_t node_unroll() {
+  return DB == 1 ? 4 : (DB == 3 ? 2 : 1);
+}
+
+// dst_b[u] += sum_e sum_a y_ab(e) W_e[u] src_a(e)[u] over the n edges of a block, where src_a is
+// channel block a of the path in the source node's row. Forward: a = i (x of the sender), b = k;
+// node-feature gradient: a = k (G of the receiver), b = i.
+template <class S, int DA, int DB, int64_t U>
+EQSCALE_TP_INLINE void node_chunk(const S* __restrict yd, int64_t n, const S* const* src, int64_t src_off,
+                                  const S* const* wts, int64_t woff, bool weighted, S* __restrict dst, int64_t mul,
+                                  int64_t c) {
+  using T = Simd<S>;
+  using V = typename T::V;
+  constexpr int64_t L = T::lanes;
+  V acc[U][DB];
+  EQSCALE_TP_UNROLL for (int64_t q = 0; q < U; ++q) {
+    EQSCALE_TP_UNROLL for (int b = 0; b < DB; ++b) acc[q][b] = T::load(dst + b * mul + c + q * L);
+  }
+  for (int64_t e = 0; e < n; ++e) {
+    const S* s = src[e] + src_off + c;
+    V wv[U];
+    EQSCALE_TP_UNROLL for (int64_t q = 0; q < U; ++q) wv[q] = weighted ? T::load(wts[e] + woff + c + q * L) : T::splat(S(1));
+    const S* ye = yd + e;
+    EQSCALE_TP_UNROLL for (int a = 0; a < DA; ++a) {
+      V xa[U];
+      EQSCALE_TP_UNROLL for (int64_t q = 0; q < U; ++q) xa[q] = T::load(s + a * mul + q * L) * wv[q];
+      EQSCALE_TP_UNROLL for (int b = 0; b < DB; ++b) {
+        const V yab = T::splat(ye[(a * DB + b) * kBlock]);
+        EQSCALE_TP_UNROLL for (int64_t q = 0; q < U; ++q) acc[q][b] += yab * xa[q];
+      }
+    }
+  }
+  EQSCALE_TP_UNROLL for (int64_t q = 0; q < U; ++q) {
+    EQSCALE_TP_UNROLL for (int b = 0; b < DB; ++b) T::store(dst + b * mul + c + q * L, acc[q][b]);
+  }
+}
+
+template <class S, int DA, int DB>
+void node_kernel(const S* yd, int64_t n, const S* const* src, int64_t src_off, const S* const* wts, int64_t woff,
+                 bool weighted, S* dst, int64_t mul) {
+  constexpr int64_t L = Simd<S>::lanes;
+  constexpr int64_t U = node_unroll<DB>();
+  int64_t c = 0;
+  for (; c + U * L <= mul; c += U * L) node_chunk<S, DA, DB, U>(yd, n, src, src_off, wts, woff, weighted, dst, mul, c);
+  for (; c < mul; c += L) node_chunk<S, DA, DB, 1>(yd, n, src, src_off, wts, woff, weighted, dst, mul, c);
+}
+
+// gW[u] += sum_a x_a[u] sum_b y_ab G_b[u] for one edge (a = i, b = k); y_ab at yd[ab * kBlock].
+template <class S, int DA, int DB>
+void weight_kernel(const S* __restrict yd, const S* __restrict x, const S* __restrict g, S* __restrict out,
+                   int64_t mul) {
+  using T = Simd<S>;
+  using V = typename T::V;
+  for (int64_t c = 0; c < mul; c += T::lanes) {
+    V gb[DB];
+    EQSCALE_TP_UNROLL for (int b = 0; b < DB; ++b) gb[b] = T::load(g + b * mul + c);
+    V o = T::load(out + c);
+    EQSCALE_TP_UNROLL for (int a = 0; a < DA; ++a) {
+      V z = T::splat(S(0));
+      EQSCALE_TP_UNROLL for (int b = 0; b < DB; ++b) z += T::splat(yd[(a * DB + b) * kBlock]) * gb[b];
+      o += T::load(x + a * mul + c) * z;
+    }
+    T::store(out + c, o);
+  }
+}
+
+// q_ab = sum_u W[u] x_a[u] G_b[u] for one edge (a = i, b = k), the contraction left over by the
+// edge-attribute gradient before the CG.
+template <class S, int DA, int DB>
+void attr_kernel(const S* __restrict x, const S* __restrict w, const S* __restrict g, S* __restrict q, int64_t mul) {
+  using T = Simd<S>;
+  using V = typename T::V;
+  EQSCALE_TP_UNROLL for (int a = 0; a < DA; ++a) {
+    V acc[DB];
+    EQSCALE_TP_UNROLL for (int b = 0; b < DB; ++b) acc[b] = T::splat(S(0));
+    for (int64_t c = 0; c < mul; c += T::lanes) {
+      V xw = T::load(x + a * mul + c);
+      if (w != nullptr) xw *= T::load(w + c);
+      EQSCALE_TP_UNROLL for (int b = 0; b < DB; ++b) acc[b] += xw * T::load(g + b * mul + c);
+    }
+    EQSCALE_TP_UNROLL for (int b = 0; b < DB; ++b) q[a * DB + b] = T::sum(acc[b]);
+  }
+}
+
+template <class S>
+using NodeFn = void (*)(const S*, int64_t, const S* const*, int64_t, const S* const*, int64_t, bool, S*, int64_t);
+template <class S>
+using WeightFn = void (*)(const S*, const S*, const S*, S*, int64_t);
+template <class S>
+using AttrFn = void (*)(const S*, const S*, const S*, S*, int64_t);
+
+#define EQSCALE_TP_CASES(KERNEL, A)                                                                            \
+  case A * 16 + 1: return &KERNEL<S, A, 1>;                                                                    \
+  case A * 16 + 3: return &KERNEL<S, A, 3>;                                                                    \
+  case A * 16 + 5: return &KERNEL<S, A, 5>;                                                                    \
+  case A * 16 + 7: return &KERNEL<S, A, 7>;                                                                    \
+  case A * 16 + 9: return &KERNEL<S, A, 9>;
+#define EQSCALE_TP_TABLE(KERNEL)                                                                               \
+  switch (da * 16 + db) {                                                                                      \
+    EQSCALE_TP_CASES(KERNEL, 1)                                                                                \
+    EQSCALE_TP_CASES(KERNEL, 3)                                                                                \
+    EQSCALE_TP_CASES(KERNEL, 5)                                                                                \
+    EQSCALE_TP_CASES(KERNEL, 7)                                                                                \
+    EQSCALE_TP_CASES(KERNEL, 9)                                                                                \
+    default: return nullptr;                                                                                   \
+  }
+
+template <class S>
+NodeFn<S> node_fn(int64_t da, int64_t db) { EQSCALE_TP_TABLE(node_kernel) }
+template <class S>
+WeightFn<S> weight_fn(int64_t da, int64_t db) { EQSCALE_TP_TABLE(weight_kernel) }
+template <class S>
+AttrFn<S> attr_fn(int64_t da, int64_t db) { EQSCALE_TP_TABLE(attr_kernel) }
+
+template <class S>
+constexpr int64_t simd_lanes() { return Simd<S>::lanes; }
+#else
+template <class S>
+constexpr int64_t simd_lanes() { return 0; }
+#endif
+
+// ---------------------------------------------------------------------------------------------
+// Generic kernel: any mode, any multiplicities, one edge and one path at a time
+// ---------------------------------------------------------------------------------------------
+
+// Accumulates the open slot's contribution of one (edge, path) into `out`: the destination node's
+// canonical row (slots 0 and 3), the edge's row of edge_attrs' gradient in the caller's layout
+// (slot 1) or the edge's (or the shared partial) weight row (slot 2). x and g are canonical rows.
+template <class S>
+void generic_path(int64_t slot, const Path& p, const Entry<S>* ent, int64_t layout, const S* x, const S* yrow,
+                  const S* w, const S* g, S* out, S* scratch) {
+  const int64_t m1 = p.mul1, m2 = p.mul2, mo = p.mulo;
+  auto yidx = [&](int64_t j, int64_t v) { return p.off2 + (layout == 1 ? j * m2 + v : v * p.d2 + j); };
+  const S* xa = x == nullptr ? nullptr : x + p.off1;
+  const S* ga = g == nullptr ? nullptr : g + p.offo;
+  // W = 1 without weights; for slot 2 W is the open slot (only its offsets matter).
+  const S* wa = p.has_weight && w != nullptr && slot != kEdgeWeights ? w + p.woff : nullptr;
+  const int64_t nnz = p.cg_count;
+  if (slot == kEdgeWeights && !p.has_weight) return;
+  if (p.mode == kUVU) {
+    S* wv = scratch;       // column v of W, (m1,)
+    S* buf = scratch + m1;  // W-scaled channel blocks, (max(d1, dout), m1)
+    for (int64_t v = 0; v < m2; ++v) {
+      if (slot != kEdgeWeights)
+        for (int64_t u = 0; u < m1; ++u) wv[u] = wa == nullptr ? S(1) : wa[u * m2 + v];
+      if (slot == kOutput || slot == kEdgeAttrs) {
+        for (int64_t i = 0; i < p.d1; ++i)
+          for (int64_t u = 0; u < m1; ++u) buf[i * m1 + u] = wv[u] * xa[i * m1 + u];
+      } else if (slot == kNodeFeats) {
+        for (int64_t k = 0; k < p.dout; ++k)
+          for (int64_t u = 0; u < m1; ++u) buf[k * m1 + u] = wv[u] * ga[k * m1 + u];
+      }
+      for (int64_t t = 0; t < nnz; ++t) {
+        const Entry<S>& en = ent[t];
+        if (slot == kOutput) {
+          const S s = en.c * yrow[yidx(en.j, v)];
+          S* o = out + p.offo + en.k * m1;
+          const S* b = buf + en.i * m1;
+          for (int64_t u = 0; u < m1; ++u) o[u] += s * b[u];
+        } else if (slot == kNodeFeats) {
+          const S s = en.c * yrow[yidx(en.j, v)];
+          S* o = out + p.off1 + en.i * m1;
+          const S* b = buf + en.k * m1;
+          for (int64_t u = 0; u < m1; ++u) o[u] += s * b[u];
+        } else if (slot == kEdgeAttrs) {
+          const S* b = buf + en.i * m1;
+          const S* gk = ga + en.k * m1;
+          S q = 0;
+          for (int64_t u = 0; u < m1; ++u) q += b[u] * gk[u];
+          out[yidx(en.j, v)] += en.c * q;
+        } else {
+          const S s = en.c * yrow[yidx(en.j, v)];
+          const S* xi = xa + en.i * m1;
+          const S* gk = ga + en.k * m1;
+          S* o = out + p.woff + v;
+          for (int64_t u = 0; u < m1; ++u) o[u * m2] += s * xi[u] * gk[u];
+        }
+      }
+    }
+  } else if (p.mode == kUUU) {
+    const int64_t m = m1;
+    S* yw = scratch;  // Y_j[u] W[u], (d2, m)
+    if (slot == kOutput || slot == kNodeFeats) {
+      for (int64_t j = 0; j < p.d2; ++j)
+        for (int64_t u = 0; u < m; ++u) yw[j * m + u] = yrow[yidx(j, u)] * (wa == nullptr ? S(1) : wa[u]);
+    }
+    for (int64_t t = 0; t < nnz; ++t) {
+      const Entry<S>& en = ent[t];
+      if (slot == kOutput) {
+        S* o = out + p.offo + en.k * m;
+        for (int64_t u = 0; u < m; ++u) o[u] += en.c * yw[en.j * m + u] * xa[en.i * m + u];
+      } else if (slot == kNodeFeats) {
+        S* o = out + p.off1 + en.i * m;
+        for (int64_t u = 0; u < m; ++u) o[u] += en.c * yw[en.j * m + u] * ga[en.k * m + u];
+      } else if (slot == kEdgeAttrs) {
+        for (int64_t u = 0; u < m; ++u)
+          out[yidx(en.j, u)] += en.c * xa[en.i * m + u] * ga[en.k * m + u] * (wa == nullptr ? S(1) : wa[u]);
+      } else {
+        S* o = out + p.woff;
+        for (int64_t u = 0; u < m; ++u) o[u] += en.c * yrow[yidx(en.j, u)] * xa[en.i * m + u] * ga[en.k * m + u];
+      }
+    }
+  } else {  // uvw: W[(u m2 + v) mo + w]
+    const int64_t uv = m1 * m2;
+    S* t = scratch;  // (dout, m1 m2): t_k[u, v] (slots 3, 2) or h_k[u, v] = sum_w W[u, v, w] G_k[w] (0, 1)
+    std::fill(t, t + p.dout * uv, S(0));
+    if (slot == kOutput || slot == kEdgeWeights) {
+      for (int64_t n = 0; n < nnz; ++n) {
+        const Entry<S>& en = ent[n];
+        for (int64_t u = 0; u < m1; ++u) {
+          const S s = en.c * xa[en.i * m1 + u];
+          S* tk = t + en.k * uv + u * m2;
+          for (int64_t v = 0; v < m2; ++v) tk[v] += s * yrow[yidx(en.j, v)];
+        }
+      }
+      for (int64_t k = 0; k < p.dout; ++k) {
+        for (int64_t r = 0; r < uv; ++r) {
+          const S s = t[k * uv + r];
+          if (slot == kOutput) {
+            S* o = out + p.offo + k * mo;
+            const S* wr = wa + r * mo;
+            for (int64_t c = 0; c < mo; ++c) o[c] += s * wr[c];
+          } else {
+            S* o = out + p.woff + r * mo;
+            const S* gk = ga + k * mo;
+            for (int64_t c = 0; c < mo; ++c) o[c] += s * gk[c];
+          }
+        }
+      }
+    } else {
+      for (int64_t k = 0; k < p.dout; ++k) {
+        const S* gk = ga + k * mo;
+        for (int64_t r = 0; r < uv; ++r) {
+          const S* wr = wa + r * mo;
+          S h = 0;
+          for (int64_t c = 0; c < mo; ++c) h += wr[c] * gk[c];
+          t[k * uv + r] = h;
+        }
+      }
+      for (int64_t n = 0; n < nnz; ++n) {
+        const Entry<S>& en = ent[n];
+        const S* hk = t + en.k * uv;
+        if (slot == kNodeFeats) {
+          S* o = out + p.off1 + en.i * m1;
+          for (int64_t u = 0; u < m1; ++u) {
+            S acc = 0;
+            for (int64_t v = 0; v < m2; ++v) acc += yrow[yidx(en.j, v)] * hk[u * m2 + v];
+            o[u] += en.c * acc;
+          }
+        } else {
+          const S* xi = xa + en.i * m1;
+          for (int64_t v = 0; v < m2; ++v) {
+            S acc = 0;
+            for (int64_t u = 0; u < m1; ++u) acc += xi[u] * hk[u * m2 + v];
+            out[yidx(en.j, v)] += en.c * acc;
+          }
+        }
+      }
+    }
+  }
+}
+
+template <class S>
+int64_t generic_scratch_size(const std::vector<Path>& paths) {
+  int64_t size = 1;
+  for (const Path& p : paths) {
+    if (p.mode == kUVU) size = std::max(size, p.mul1 * (1 + std::max(p.d1, p.dout)));
+    if (p.mode == kUUU) size = std::max(size, p.d2 * p.mul1);
+    if (p.mode == kUVW) size = std::max(size, p.dout * p.mul1 * p.mul2);
+  }
+  return size;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Block helpers of the fast paths
+// ---------------------------------------------------------------------------------------------
+
+// Yt[j][e] = Y_e[j] for the n edges of a block: the edge attributes transposed so that the per-edge
+// CG scalars below are SIMD across edges.
+template <class S>
+void gather_attrs(const Problem<S>& pr, const int64_t* edges, int64_t n, S* yt) {
+  for (int64_t e = 0; e < n; ++e) {
+    const S* row = pr.y + edges[e] * pr.dim2;
+    for (int64_t j = 0; j < pr.dim2; ++j) yt[j * kBlock + e] = row[j];
+  }
+}
+
+// yd[ab][e] = sum over the cell's entries of c Y_e[off2 + j], every cell written (zeros included).
+template <class S>
+void form_cells(const Problem<S>& pr, int64_t path, const S* yt, int64_t n, S* yd) {
+  const Path& p = pr.paths[path];
+  const auto& cells = pr.cells[path];
+  const auto& list = pr.cell_entries[path];
+  for (size_t ab = 0; ab < cells.size(); ++ab) {
+    S* __restrict row = yd + ab * kBlock;
+    const Cell cell = cells[ab];
+    if (cell.count == 0) {
+      std::fill(row, row + n, S(0));
+      continue;
+    }
+    {
+      const S c = list[cell.first].second;
+      const S* __restrict col = yt + (p.off2 + list[cell.first].first) * kBlock;
+      for (int64_t e = 0; e < n; ++e) row[e] = c * col[e];
+    }
+    for (int64_t t = 1; t < cell.count; ++t) {
+      const S c = list[cell.first + t].second;
+      const S* __restrict col = yt + (p.off2 + list[cell.first + t].first) * kBlock;
+      for (int64_t e = 0; e < n; ++e) row[e] += c * col[e];
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Drivers
+// ---------------------------------------------------------------------------------------------
+
+// Number of weights of one path.
+int64_t path_weight_numel(const Path& p) {
+  if (!p.has_weight) return 0;
+  return p.mode == kUVW ? p.mul1 * p.mul2 * p.mulo : (p.mode == kUVU ? p.mul1 * p.mul2 : p.mul1);
+}
+
+// Requests rows[e][offset, offset + len) of a block's edges into cache. The rows (per-edge weights,
+// node features) are scattered in memory, since edges are visited sorted by node, and each (edge,
+// path) touches only a short slice of its row: without a prefetch one path ahead, every slice is
+// a cache miss waited on in turn, which measured slower than the arithmetic itself.
+template <bool Write>
+EQSCALE_TP_INLINE void prefetch_line(const char* address) {
+#if (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(__i386__))
+  // GCC's dead-code elimination deletes loops whose only statement is __builtin_prefetch (the loop
+  // "has no side effects"); a volatile asm survives.
+  if (Write) {
+    asm volatile("prefetchw %0" : : "m"(*address));
+  } else {
+    asm volatile("prefetcht0 %0" : : "m"(*address));
+  }
+#elif defined(__GNUC__) || defined(__clang__)
+  __builtin_prefetch(address, Write ? 1 : 0, 3);
+#else
+  (void)address;
+#endif
+}
+
+template <bool Write, class S>
+EQSCALE_TP_INLINE void prefetch_slices(const S* const* rows, int64_t n, int64_t offset, int64_t len) {
+  const int64_t bytes = len * static_cast<int64_t>(sizeof(S));
+  for (int64_t e = 0; e < n; ++e) {
+    if (rows[e] == nullptr) continue;
+    const char* base = reinterpret_cast<const char*>(rows[e] + offset);
+    for (int64_t b = 0; b < bytes; b += 64) prefetch_line<Write>(base + b);
+  }
+}
+
+// Stable counting sort of the edges by key: offsets (rows + 1) and the sorted edge ids.
+void group_edges(const int64_t* keys, int64_t num_edges, int64_t rows, std::vector<int64_t>& offsets,
+                 std::vector<int64_t>& order) {
+  offsets.assign(rows + 1, 0);
+  for (int64_t e = 0; e < num_edges; ++e) ++offsets[keys[e] + 1];
+  for (int64_t r = 0; r < rows; ++r) offsets[r + 1] += offsets[r];
+  std::vector<int64_t> cursor(offsets.begin(), offsets.end() - 1);
+  order.resize(num_edges);
+  for (int64_t e = 0; e < num_edges; ++e) order[cursor[keys[e]]++] = e;
+}
+
+// Slots 3 (by receiver) and 0 (by sender): every destination row is summed over its edges in edge
+// order into thread-local scratch and written once.
+template <class S>
+void node_slot(const Problem<S>& pr, int64_t slot, const int64_t* perm_dst, S* out) {
+  const bool forward = slot == kOutput;
+  const int64_t rows = forward ? pr.num_nodes : pr.sender_rows;
+  const int64_t dst_dim = forward ? pr.dimo : pr.dim1;
+  const int64_t src_dim = forward ? pr.dim1 : pr.dimo;
+  const S* src_base = forward ? pr.x : pr.g;
+  const int64_t* keys = forward ? pr.receivers : pr.senders;
+  const int64_t* other = forward ? pr.senders : pr.receivers;
+  std::vector<int64_t> offsets, order;
+  group_edges(keys, pr.num_edges, rows, offsets, order);
+
+  std::vector<int64_t> bounds{0};
+  int64_t work = 0;
+  for (int64_t r = 0; r < rows; ++r) {
+    work += 1 + offsets[r + 1] - offsets[r];
+    if (work >= kNodeTaskWork) {
+      bounds.push_back(r + 1);
+      work = 0;
+    }
+  }
+  if (bounds.back() != rows) bounds.push_back(rows);
+
+  bool any_fast = false;
+  int64_t cells_max = 1;
+  for (size_t t = 0; t < pr.paths.size(); ++t) {
+    any_fast |= pr.paths[t].fast;
+    cells_max = std::max<int64_t>(cells_max, pr.cells[t].size());
+  }
+  const int64_t scratch_size = generic_scratch_size<S>(pr.paths);
+
+  // Whole rows of the next block's edges, while the current block computes: per-edge weights always
+  // (each edge reads all of its row), source rows when they are small (G rows of the node-feature
+  // gradient can be large; they are prefetched path by path below).
+  const bool prefetch_src_rows = src_dim * static_cast<int64_t>(sizeof(S)) <= 8192;
+  auto prefetch_block = [&](int64_t pos) {
+    const int64_t end = std::min(pos + kBlock, pr.num_edges);
+    for (; pos < end; ++pos) {
+      const int64_t edge = order[pos];
+      const S* row = pr.weights_of(edge);
+      if (!pr.shared && row != nullptr) prefetch_slices<false>(&row, 1, 0, pr.weight_numel);
+      const S* src_row = src_base + other[edge] * src_dim;
+      if (prefetch_src_rows) prefetch_slices<false>(&src_row, 1, 0, src_dim);
+    }
+  };
+
+  at::parallel_for(0, static_cast<int64_t>(bounds.size()) - 1, 1, [&](int64_t task_begin, int64_t task_end) {
+    std::vector<S> row(dst_dim), scratch(scratch_size), yt(any_fast ? pr.dim2 * kBlock : 0),
+        yd(any_fast ? cells_max * kBlock : 0);
+    const S* src[kBlock];
+    const S* wts[kBlock];
+    for (int64_t task = task_begin; task < task_end; ++task) {
+      for (int64_t r = bounds[task]; r < bounds[task + 1]; ++r) {
+        std::fill(row.begin(), row.end(), S(0));
+        for (int64_t pos = offsets[r]; pos < offsets[r + 1]; pos += kBlock) {
+          const int64_t n = std::min(kBlock, offsets[r + 1] - pos);
+          const int64_t* edges = order.data() + pos;
+          prefetch_block(pos + n);
+          for (int64_t e = 0; e < n; ++e) {
+            src[e] = src_base + other[edges[e]] * src_dim;
+            wts[e] = pr.weights_of(edges[e]);
+          }
+          if (any_fast) gather_attrs(pr, edges, n, yt.data());
+          auto prefetch_path = [&](size_t t) {
+            if (t >= pr.paths.size()) return;
+            const Path& p = pr.paths[t];
+            if (!pr.shared) prefetch_slices<false>(wts, n, p.woff, path_weight_numel(p));
+            prefetch_slices<false>(src, n, forward ? p.off1 : p.offo, forward ? p.d1 * p.mul1 : p.dout * p.mulo);
+          };
+          prefetch_path(0);
+          for (size_t t = 0; t < pr.paths.size(); ++t) {
+            const Path& p = pr.paths[t];
+            prefetch_path(t + 1);
+#ifdef EQSCALE_TP_SIMD
+            if (p.fast) {
+              form_cells(pr, t, yt.data(), n, yd.data());
+              const int64_t da = forward ? p.d1 : p.dout, db = forward ? p.dout : p.d1;
+              node_fn<S>(da, db)(yd.data(), n, src, forward ? p.off1 : p.offo, wts, p.woff, p.has_weight != 0,
+                                 row.data() + (forward ? p.offo : p.off1), p.mul1);
+              continue;
+            }
+#endif
+            for (int64_t e = 0; e < n; ++e) {
+              generic_path<S>(slot, p, pr.entries.data() + p.cg_start, pr.layout, forward ? src[e] : nullptr,
+                              pr.y + edges[e] * pr.dim2, wts[e], forward ? nullptr : src[e], row.data(),
+                              scratch.data());
+            }
+          }
+        }
+        S* dst = out + r * dst_dim;
+        if (perm_dst == nullptr) {
+          std::copy(row.begin(), row.end(), dst);
+        } else {
+          for (int64_t c = 0; c < dst_dim; ++c) dst[perm_dst[c]] = row[c];
+        }
+      }
+    }
+  });
+}
+
+// Slots 1 and 2: one output row per edge (or shared-weight partial rows), over fixed chunks of the
+// receiver-sorted edges, so that a receiver's row of G stays in cache across its edges.
+template <class S>
+void edge_slot(const Problem<S>& pr, int64_t slot, S* out) {
+  std::vector<int64_t> offsets, order;
+  group_edges(pr.receivers, pr.num_edges, pr.num_nodes, offsets, order);
+  const int64_t out_dim = slot == kEdgeAttrs ? pr.dim2 : pr.weight_numel;
+  const bool shared = slot == kEdgeWeights && pr.shared;
+  const int64_t chunks = (pr.num_edges + kEdgeChunk - 1) / kEdgeChunk;
+  std::vector<S> partials(shared ? chunks * out_dim : 0, S(0));
+
+  bool any_fast = false;
+  int64_t cells_max = 1;
+  for (size_t t = 0; t < pr.paths.size(); ++t) {
+    any_fast |= pr.paths[t].fast;
+    cells_max = std::max<int64_t>(cells_max, pr.cells[t].size());
+  }
+  const int64_t scratch_size = generic_scratch_size<S>(pr.paths);
+
+  // Whole rows of the next block's edges, while the current block computes (see node_slot): weights
+  // or the weight-gradient rows to be written, and node features; rows of G are shared by
+  // consecutive edges (sorted by receiver) and prefetched path by path.
+  auto prefetch_block = [&](int64_t pos) {
+    const int64_t end = std::min(pos + kBlock, pr.num_edges);
+    for (; pos < end; ++pos) {
+      const int64_t edge = order[pos];
+      const S* x_row = pr.x + pr.senders[edge] * pr.dim1;
+      prefetch_slices<false>(&x_row, 1, 0, pr.dim1);
+      if (slot == kEdgeAttrs && !pr.shared && pr.w != nullptr) {
+        const S* w_row = pr.weights_of(edge);
+        prefetch_slices<false>(&w_row, 1, 0, pr.weight_numel);
+      }
+      if (!shared) {
+        const S* out_row = out + edge * out_dim;
+        prefetch_slices<true>(&out_row, 1, 0, out_dim);
+      }
+    }
+  };
+
+  at::parallel_for(0, chunks, 1, [&](int64_t chunk_begin, int64_t chunk_end) {
+    std::vector<S> scratch(scratch_size), yt(any_fast && slot == kEdgeWeights ? pr.dim2 * kBlock : 0),
+        yd(any_fast && slot == kEdgeWeights ? cells_max * kBlock : 0), q(cells_max);
+    const S* xs[kBlock];
+    const S* gs[kBlock];
+    const S* ws[kBlock];
+    S* outs[kBlock];
+    for (int64_t chunk = chunk_begin; chunk < chunk_end; ++chunk) {
+      const int64_t chunk_end_pos = std::min(pr.num_edges, (chunk + 1) * kEdgeChunk);
+      for (int64_t pos = chunk * kEdgeChunk; pos < chunk_end_pos; pos += kBlock) {
+        const int64_t n = std::min(kBlock, chunk_end_pos - pos);
+        const int64_t* edges = order.data() + pos;
+        prefetch_block(pos + n);
+        for (int64_t e = 0; e < n; ++e) {
+          xs[e] = pr.x + pr.senders[edges[e]] * pr.dim1;
+          gs[e] = pr.g + pr.receivers[edges[e]] * pr.dimo;
+          ws[e] = pr.weights_of(edges[e]);
+          outs[e] = shared ? partials.data() + chunk * out_dim : out + edges[e] * out_dim;
+          if (!shared) std::fill(outs[e], outs[e] + out_dim, S(0));
+        }
+        if (any_fast && slot == kEdgeWeights) gather_attrs(pr, edges, n, yt.data());
+        auto prefetch_path = [&](size_t t) {
+          if (t >= pr.paths.size()) return;
+          const Path& p = pr.paths[t];
+          prefetch_slices<false>(xs, n, p.off1, p.d1 * p.mul1);
+          prefetch_slices<false>(gs, n, p.offo, p.dout * p.mulo);
+          if (slot == kEdgeAttrs && !pr.shared) prefetch_slices<false>(ws, n, p.woff, path_weight_numel(p));
+          if (slot == kEdgeWeights && !shared) prefetch_slices<true>(outs, n, p.woff, path_weight_numel(p));
+        };
+        prefetch_path(0);
+        for (size_t t = 0; t < pr.paths.size(); ++t) {
+          const Path& p = pr.paths[t];
+          prefetch_path(t + 1);
+          if (slot == kEdgeWeights && !p.has_weight) continue;
+#ifdef EQSCALE_TP_SIMD
+          if (p.fast && slot == kEdgeWeights) {
+            form_cells(pr, t, yt.data(), n, yd.data());
+            const WeightFn<S> fn = weight_fn<S>(p.d1, p.dout);
+            for (int64_t e = 0; e < n; ++e) fn(yd.data() + e, xs[e] + p.off1, gs[e] + p.offo, outs[e] + p.woff, p.mul1);
+            continue;
+          }
+          if (p.fast) {
+            const AttrFn<S> fn = attr_fn<S>(p.d1, p.dout);
+            const Entry<S>* ent = pr.entries.data() + p.cg_start;
+            for (int64_t e = 0; e < n; ++e) {
+              const S* w = p.has_weight ? ws[e] + p.woff : nullptr;
+              fn(xs[e] + p.off1, w, gs[e] + p.offo, q.data(), p.mul1);
+              S* o = outs[e] + p.off2;
+              for (int64_t m = 0; m < p.cg_count; ++m) o[ent[m].j] += ent[m].c * q[ent[m].i * p.dout + ent[m].k];
+            }
+            continue;
+          }
+#endif
+          for (int64_t e = 0; e < n; ++e) {
+            generic_path<S>(slot, p, pr.entries.data() + p.cg_start, pr.layout, xs[e], pr.y + edges[e] * pr.dim2, ws[e],
+                            gs[e], outs[e], scratch.data());
+          }
+        }
+      }
+    }
+  });
+  if (shared) {
+    std::fill(out, out + out_dim, S(0));
+    for (int64_t chunk = 0; chunk < chunks; ++chunk)
+      for (int64_t c = 0; c < out_dim; ++c) out[c] += partials[chunk * out_dim + c];
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Validation and set-up
+// ---------------------------------------------------------------------------------------------
+
+// perm[canonical column] = column in the caller's layout, for a node tensor whose irreps blocks are
+// those the paths reference (columns outside them are never read and stay in place).
+std::vector<int64_t> layout_permutation(const std::vector<Path>& paths, bool in1, int64_t dim, const char* name) {
+  std::vector<int64_t> perm(dim), owner(dim, -1), block_mul(dim, -1), block_dim(dim, -1);
+  for (int64_t c = 0; c < dim; ++c) perm[c] = c;
+  for (const Path& p : paths) {
+    const int64_t off = in1 ? p.off1 : p.offo, mul = in1 ? p.mul1 : p.mulo, d = in1 ? p.d1 : p.dout;
+    for (int64_t c = off; c < off + mul * d; ++c) {
+      TORCH_CHECK(owner[c] == -1 || (owner[c] == off && block_mul[c] == mul && block_dim[c] == d), kOp,
+                  ": paths reference overlapping or inconsistent blocks of ", name, " (offsets ", owner[c], " and ",
+                  off, ")");
+      owner[c] = off;
+      block_mul[c] = mul;
+      block_dim[c] = d;
+    }
+    for (int64_t i = 0; i < d; ++i)
+      for (int64_t u = 0; u < mul; ++u) perm[off + i * mul + u] = off + u * d + i;
+  }
+  return perm;
+}
+
+template <class S>
+void canonicalize(const S* raw, int64_t rows, int64_t dim, const std::vector<int64_t>& perm, S* canon) {
+  at::parallel_for(0, rows, 64, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r)
+      for (int64_t c = 0; c < dim; ++c) canon[r * dim + c] = raw[r * dim + perm[c]];
+  });
+}
+
+void check_float(const char* name, const at::Tensor& t, at::ScalarType dtype, at::IntArrayRef shape,
+                 const char* shape_text) {
+  TORCH_CHECK(t.device().is_cpu(), kOp, ": ", name, " must be a CPU tensor, got device ", t.device());
+  TORCH_CHECK(t.scalar_type() == dtype, kOp, ": ", name, " must have dtype ", dtype, " (that of the other inputs), got ",
+              t.scalar_type());
+  TORCH_CHECK(t.sizes() == shape, kOp, ": ", name, " must have shape ", shape_text, " = ", shape, ", got ", t.sizes());
+  TORCH_CHECK(t.is_contiguous(), kOp, ": ", name, " must be contiguous");
+}
+
+std::vector<Path> read_paths(const at::Tensor& paths, const at::Tensor& cg_index, int64_t dim1, int64_t dim2,
+                             int64_t weight_numel, int64_t dimo) {
+  TORCH_CHECK(paths.device().is_cpu() && paths.scalar_type() == at::kLong && paths.dim() == 2 &&
+                  paths.size(1) == kNumPathFields && paths.is_contiguous(),
+              kOp, ": paths must be a contiguous CPU int64 tensor of shape (P, ", kNumPathFields, "), got ",
+              paths.scalar_type(), " ", paths.sizes());
+  const int64_t nnz = cg_index.size(0);
+  const int64_t* table = paths.data_ptr<int64_t>();
+  std::vector<Path> out;
+  for (int64_t t = 0; t < paths.size(0); ++t) {
+    const int64_t* f = table + t * kNumPathFields;
+    Path p{f[kMode], f[kHasWeight], f[kIn1Offset], f[kIn1Mul], f[kIn1Dim], f[kIn2Offset], f[kIn2Mul], f[kIn2Dim],
+           f[kOutOffset], f[kOutMul], f[kOutDim], f[kWeightOffset], f[kCgStart], f[kCgCount], false};
+    TORCH_CHECK(p.mode >= kUVW && p.mode <= kUUU, kOp, ": paths[", t, "]: mode must be 0 (uvw), 1 (uvu) or 2 (uuu), got ",
+                p.mode);
+    TORCH_CHECK(p.has_weight == 0 || p.has_weight == 1, kOp, ": paths[", t, "]: has_weight must be 0 or 1");
+    TORCH_CHECK(p.mode != kUVW || p.has_weight, kOp, ": paths[", t, "]: uvw paths need weights");
+    for (int64_t v : {p.mul1, p.d1, p.mul2, p.d2, p.mulo, p.dout, p.off1, p.off2, p.offo, p.woff, p.cg_start, p.cg_count})
+      TORCH_CHECK(v >= 0, kOp, ": paths[", t, "] has a negative field");
+    TORCH_CHECK(p.off1 + p.mul1 * p.d1 <= dim1, kOp, ": paths[", t, "]: block of node_feats beyond dim_in1=", dim1);
+    TORCH_CHECK(p.off2 + p.mul2 * p.d2 <= dim2, kOp, ": paths[", t, "]: block of edge_attrs beyond dim_in2=", dim2);
+    TORCH_CHECK(p.offo + p.mulo * p.dout <= dimo, kOp, ": paths[", t, "]: block of grad_out beyond dim_out=", dimo);
+    TORCH_CHECK(p.cg_start + p.cg_count <= nnz, kOp, ": paths[", t, "]: CG entries beyond cg_index (", nnz, " rows)");
+    if (p.mode == kUVU)
+      TORCH_CHECK(p.mulo == p.mul1, kOp, ": paths[", t, "]: uvu needs out mul == in1 mul");
+    if (p.mode == kUUU)
+      TORCH_CHECK(p.mul1 == p.mul2 && p.mul2 == p.mulo, kOp, ": paths[", t, "]: uuu needs equal multiplicities");
+    if (p.has_weight) {
+      const int64_t numel = path_weight_numel(p);
+      TORCH_CHECK(p.woff + numel <= weight_numel, kOp, ": paths[", t, "]: weights beyond weight_numel=", weight_numel);
+    }
+    if (p.mul1 == 0 || p.mul2 == 0 || p.mulo == 0 || p.cg_count == 0) continue;  // contributes nothing
+    out.push_back(p);
+  }
+  return out;
+}
+
+template <class S>
+at::Tensor contract(const at::Tensor* slots, const at::Tensor& edge_index, int64_t num_nodes, int64_t slot,
+                    const std::vector<Path>& paths, const at::Tensor& cg_index, const at::Tensor& cg_value,
+                    int64_t layout, const std::vector<int64_t>& sizes, const at::TensorOptions& options) {
+  Problem<S> pr;
+  pr.num_edges = edge_index.size(1);
+  pr.sender_rows = sizes[0];
+  pr.dim1 = sizes[1];
+  pr.dim2 = sizes[2];
+  pr.weight_numel = sizes[3];
+  pr.shared = sizes[4] == 1;
+  pr.dimo = sizes[5];
+  pr.num_nodes = num_nodes;
+  pr.layout = layout;
+  pr.senders = edge_index.data_ptr<int64_t>();
+  pr.receivers = pr.senders + pr.num_edges;
+  pr.paths = paths;
+
+  const int64_t* idx = cg_index.data_ptr<int64_t>();
+  const double* val = cg_value.data_ptr<double>();
+  pr.entries.resize(cg_index.size(0));
+  for (int64_t t = 0; t < cg_index.size(0); ++t) pr.entries[t] = {idx[3 * t], idx[3 * t + 1], idx[3 * t + 2], S(val[t])};
+  for (const Path& p : pr.paths) {
+    for (int64_t t = p.cg_start; t < p.cg_start + p.cg_count; ++t) {
+      const Entry<S>& en = pr.entries[t];
+      TORCH_CHECK(en.i >= 0 && en.i < p.d1 && en.j >= 0 && en.j < p.d2 && en.k >= 0 && en.k < p.dout, kOp,
+                  ": cg_index[", t, "] = (", en.i, ", ", en.j, ", ", en.k, ") out of range for its path's dims (", p.d1,
+                  ", ", p.d2, ", ", p.dout, ")");
+    }
+  }
+
+  const int64_t lanes = simd_lanes<S>();
+  pr.cells.resize(pr.paths.size());
+  pr.cell_entries.resize(pr.paths.size());
+  for (size_t t = 0; t < pr.paths.size(); ++t) {
+    Path& p = pr.paths[t];
+    p.fast = lanes > 0 && p.mode == kUVU && p.mul2 == 1 && p.mul1 % lanes == 0 && p.d1 <= 2 * kMaxFastL + 1 &&
+             p.dout <= 2 * kMaxFastL + 1;
+    if (!p.fast) continue;
+    // (a, b) = (i, k), except for the node-feature gradient, which sums over k into i.
+    const bool swap = slot == kNodeFeats;
+    const int64_t db = swap ? p.d1 : p.dout;
+    std::vector<std::vector<std::pair<int64_t, S>>> lists((p.d1 * p.dout));
+    for (int64_t m = p.cg_start; m < p.cg_start + p.cg_count; ++m) {
+      const Entry<S>& en = pr.entries[m];
+      const int64_t a = swap ? en.k : en.i, b = swap ? en.i : en.k;
+      lists[a * db + b].push_back({en.j, en.c});
+    }
+    for (const auto& list : lists) {
+      pr.cells[t].push_back({static_cast<int64_t>(pr.cell_entries[t].size()), static_cast<int64_t>(list.size())});
+      pr.cell_entries[t].insert(pr.cell_entries[t].end(), list.begin(), list.end());
+    }
+  }
+
+  // Canonical (ir_mul) copies of the node operands when the caller's layout is mul_ir.
+  std::vector<int64_t> perm1, permo;
+  at::Tensor x_canon, g_canon;
+  if (layout == 0) {
+    perm1 = layout_permutation(pr.paths, true, pr.dim1, "node_feats");
+    permo = layout_permutation(pr.paths, false, pr.dimo, "grad_out");
+  }
+  auto node_operand = [&](const at::Tensor& t, int64_t rows, int64_t dim, const std::vector<int64_t>& perm,
+                          at::Tensor& keep) -> const S* {
+    if (!t.defined()) return nullptr;
+    if (layout == 1) return t.data_ptr<S>();
+    keep = at::empty({rows, dim}, options);
+    canonicalize<S>(t.data_ptr<S>(), rows, dim, perm, keep.data_ptr<S>());
+    return keep.data_ptr<S>();
+  };
+  pr.x = node_operand(slots[kNodeFeats], pr.sender_rows, pr.dim1, perm1, x_canon);
+  pr.g = node_operand(slots[kOutput], num_nodes, pr.dimo, permo, g_canon);
+  pr.y = slots[kEdgeAttrs].defined() ? slots[kEdgeAttrs].data_ptr<S>() : nullptr;
+  pr.w = slots[kEdgeWeights].defined() && pr.weight_numel > 0 ? slots[kEdgeWeights].data_ptr<S>() : nullptr;
+
+  at::Tensor out;
+  if (slot == kOutput || slot == kNodeFeats) {
+    const bool forward = slot == kOutput;
+    out = at::empty({forward ? num_nodes : pr.sender_rows, forward ? pr.dimo : pr.dim1}, options);
+    node_slot<S>(pr, slot, layout == 0 ? (forward ? permo : perm1).data() : nullptr, out.data_ptr<S>());
+  } else if (slot == kEdgeAttrs) {
+    out = at::empty({pr.num_edges, pr.dim2}, options);
+    edge_slot<S>(pr, slot, out.data_ptr<S>());
+  } else {
+    out = pr.shared ? at::empty({pr.weight_numel}, options) : at::empty({pr.num_edges, pr.weight_numel}, options);
+    edge_slot<S>(pr, slot, out.data_ptr<S>());
+  }
+  return out;
+}
+
+at::Tensor tp_conv_contract(const c10::optional<at::Tensor>& node_feats, const c10::optional<at::Tensor>& edge_attrs,
+                            const c10::optional<at::Tensor>& edge_weights, const c10::optional<at::Tensor>& grad_out,
+                            const at::Tensor& edge_index, int64_t num_nodes, int64_t open_slot, const at::Tensor& paths,
+                            const at::Tensor& cg_index, const at::Tensor& cg_value, int64_t layout,
+                            at::IntArrayRef sizes, bool deterministic, int64_t flops_per_edge) {
+  (void)deterministic;  // always deterministic: receiver-sorted sums, fixed chunking
+  (void)flops_per_edge;  // read by the FLOP formula only
+  TORCH_CHECK(sizes.size() == 6, kOp,
+              ": sizes must be [sender_rows, dim_in1, dim_in2, weight_numel, weights_shared, dim_out], got ", sizes);
+  for (int64_t v : sizes) TORCH_CHECK(v >= 0, kOp, ": sizes must be non-negative, got ", sizes);
+  TORCH_CHECK(sizes[4] == 0 || sizes[4] == 1, kOp, ": sizes[4] (weights_shared) must be 0 or 1, got ", sizes[4]);
+  const std::vector<int64_t> sz(sizes.begin(), sizes.end());
+  const int64_t sender_rows = sz[0], dim1 = sz[1], dim2 = sz[2], weight_numel = sz[3], dimo = sz[5];
+  const bool shared = sz[4] == 1;
+  TORCH_CHECK(open_slot >= 0 && open_slot <= 3, kOp,
+              ": open_slot must be 0 (node_feats), 1 (edge_attrs), 2 (edge_weights) or 3 (grad_out), got ", open_slot);
+  TORCH_CHECK(num_nodes >= 0, kOp, ": num_nodes must be >= 0, got ", num_nodes);
+  TORCH_CHECK(layout == 0 || layout == 1, kOp, ": layout must be 0 (mul_ir) or 1 (ir_mul), got ", layout);
+
+  const char* names[4] = {"node_feats", "edge_attrs", "edge_weights", "grad_out"};
+  const c10::optional<at::Tensor>* given[4] = {&node_feats, &edge_attrs, &edge_weights, &grad_out};
+  at::Tensor slots[4];
+  for (int s = 0; s < 4; ++s) {
+    const bool present = given[s]->has_value() && (*given[s])->defined();
+    if (s == open_slot) {
+      TORCH_CHECK(!present, kOp, ": ", names[s], " must be None: it is the open slot (open_slot=", open_slot, ")");
+    } else if (present) {
+      slots[s] = **given[s];
+    } else {
+      TORCH_CHECK(s == kEdgeWeights && weight_numel == 0, kOp, ": ", names[s],
+                  " is required (only the open slot, and edge_weights when weight_numel == 0, may be None)");
+    }
+  }
+
+  TORCH_CHECK(edge_index.device().is_cpu(), kOp, ": edge_index must be a CPU tensor, got device ", edge_index.device());
+  TORCH_CHECK(edge_index.scalar_type() == at::kLong || edge_index.scalar_type() == at::kInt, kOp,
+              ": edge_index must be int64 (or int32), got ", edge_index.scalar_type());
+  TORCH_CHECK(edge_index.dim() == 2 && edge_index.size(0) == 2, kOp, ": edge_index must have shape (2, E), got ",
+              edge_index.sizes());
+  const at::Tensor index = edge_index.to(at::kLong).contiguous();
+  const int64_t num_edges = index.size(1);
+
+  TORCH_CHECK(cg_index.device().is_cpu() && cg_index.scalar_type() == at::kLong && cg_index.dim() == 2 &&
+                  cg_index.size(1) == 3 && cg_index.is_contiguous(),
+              kOp, ": cg_index must be a contiguous CPU int64 tensor of shape (NNZ, 3), got ", cg_index.scalar_type(), " ",
+              cg_index.sizes());
+  TORCH_CHECK(cg_value.device().is_cpu() && cg_value.scalar_type() == at::kDouble && cg_value.dim() == 1 &&
+                  cg_value.size(0) == cg_index.size(0) && cg_value.is_contiguous(),
+              kOp, ": cg_value must be a contiguous CPU float64 tensor of shape (NNZ,) = (", cg_index.size(0), ",), got ",
+              cg_value.scalar_type(), " ", cg_value.sizes());
+  const std::vector<Path> path_list = read_paths(paths, cg_index, dim1, dim2, weight_numel, dimo);
+
+  at::ScalarType dtype = at::kFloat;
+  bool have_dtype = false;
+  for (int s = 0; s < 4; ++s) {
+    if (!slots[s].defined()) continue;
+    if (!have_dtype) {
+      dtype = slots[s].scalar_type();
+      have_dtype = true;
+      TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble, kOp, ": ", names[s], " must be float32 or float64, got ",
+                  dtype);
+    }
+  }
+  TORCH_CHECK(have_dtype, kOp, ": no input tensor given");
+  if (slots[kNodeFeats].defined())
+    check_float("node_feats", slots[kNodeFeats], dtype, {sender_rows, dim1}, "(sizes[0], sizes[1])");
+  if (slots[kEdgeAttrs].defined()) check_float("edge_attrs", slots[kEdgeAttrs], dtype, {num_edges, dim2}, "(E, sizes[2])");
+  if (slots[kEdgeWeights].defined()) {
+    if (shared) {
+      check_float("edge_weights", slots[kEdgeWeights], dtype, {weight_numel}, "(sizes[3],) (shared weights)");
+    } else {
+      check_float("edge_weights", slots[kEdgeWeights], dtype, {num_edges, weight_numel}, "(E, sizes[3])");
+    }
+  }
+  if (slots[kOutput].defined()) check_float("grad_out", slots[kOutput], dtype, {num_nodes, dimo}, "(num_nodes, sizes[5])");
+
+  const int64_t* senders = index.data_ptr<int64_t>();
+  const int64_t* receivers = senders + num_edges;
+  for (int64_t e = 0; e < num_edges; ++e) {
+    TORCH_CHECK(senders[e] >= 0 && senders[e] < sender_rows, kOp, ": edge_index[0, ", e, "] = ", senders[e],
+                " out of range [0, ", sender_rows, ") (sender_rows = sizes[0])");
+    TORCH_CHECK(receivers[e] >= 0 && receivers[e] < num_nodes, kOp, ": edge_index[1, ", e, "] = ", receivers[e],
+                " out of range [0, ", num_nodes, ") (num_nodes)");
+  }
+
+  const at::TensorOptions options = at::TensorOptions().dtype(dtype).device(at::kCPU);
+  at::Tensor out;
+  AT_DISPATCH_FLOATING_TYPES(dtype, "tp_conv_contract", [&] {
+    out = contract<scalar_t>(slots, index, num_nodes, open_slot, path_list, cg_index, cg_value, layout, sz, options);
+  });
+  return out;
+}
+
+}  // namespace
+}  // namespace eqscale
+
+TORCH_LIBRARY_IMPL(eqscale, CPU, m) { m.impl("tp_conv_contract", &eqscale::tp_conv_contract); }

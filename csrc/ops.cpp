@@ -1,0 +1,28 @@
+// Operator schemas of eqscale._C. Only this file defines the library; each kernel file registers
+// its implementations with TORCH_LIBRARY_IMPL(eqscale, <dispatch key>, m), so that schemas stay in
+// one place and backends (CPU here, others later) can be added without touching each other.
+#include <torch/extension.h>
+
+TORCH_LIBRARY(eqscale, m) {
+  // Spherical harmonics (csrc/cpu/spherical_harmonics.cpp): the forward, its backward and the
+  // backward of the backward, on (N, 3) contiguous vectors that are already normalised.
+  m.def("spherical_harmonics_fwd(Tensor vectors, Tensor coefficients, int lmax) -> Tensor");
+  m.def("spherical_harmonics_bwd(Tensor vectors, Tensor grad_sh, Tensor coefficients, int lmax) -> Tensor");
+  m.def(
+      "spherical_harmonics_bwd_bwd(Tensor vectors, Tensor grad_sh, Tensor grad_grad_vectors, "
+      "Tensor coefficients, int lmax) -> (Tensor, Tensor)");
+  // Radius graph (csrc/cpu/radius_graph.cpp): pos (N, 3), batch (N,) sorted int64, cell (B, 3, 3)
+  // float64, pbc (B, 3) bool; max_num_neighbors < 0 means no limit. Returns edge_index (2, E),
+  // shifts (E, 3) and the per-receiver edge counts before the max_num_neighbors cut (N,).
+  m.def(
+      "radius_graph(Tensor pos, Tensor batch, Tensor cell, Tensor pbc, float cutoff, bool self_interaction, "
+      "int max_num_neighbors, bool half) -> (Tensor, Tensor, Tensor)");
+  // Fused tensor-product convolution (csrc/cpu/tp_conv.cpp): the 4-linear form of
+  // eqscale/ops/tp_conv/__init__.py with slot open_slot (0..3) open, i.e. its gradient there.
+  m.def("tp_conv_contract(Tensor? node_feats, Tensor? edge_attrs, Tensor? edge_weights, Tensor? grad_out, Tensor edge_index, int num_nodes, int open_slot, Tensor paths, Tensor cg_index, Tensor cg_value, int layout, int[] sizes, bool deterministic, int flops_per_edge) -> Tensor");
+}
+
+// Importing eqscale._C is what runs the registrations above; the module itself exports nothing.
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "eqscale C++ kernels; the operators live in torch.ops.eqscale";
+}

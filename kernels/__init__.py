@@ -1,0 +1,1 @@
+"""Triton kernels of eqscale's ops, one module per op (installed as ``eqscale.kernels``)."""

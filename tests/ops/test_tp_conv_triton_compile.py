@@ -1,0 +1,184 @@
+"""The Triton tensor-product convolution compiles for a real GPU target, without a GPU.
+
+As in tests/ops/test_triton_compile.py: the interpreter accepts code the compiler rejects (it
+once accepted a runtime ``if`` whose branches gave one name two shapes), so the kernel is
+compiled with Triton's NVIDIA toolchain down to a cubin, in a subprocess without
+``TRITON_INTERPRET``; and the operator is traced with fake CUDA tensors, as ``torch.compile``
+sees it on a GPU: one captured kernel launch per call, writing only its output, and no
+data-dependent shapes in the launcher (the deterministic CSR and the path groups included).
+"""
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+triton = pytest.importorskip("triton")
+
+pytestmark = pytest.mark.triton
+
+REPO = Path(__file__).resolve().parents[2]
+
+# (OPEN, LAYOUT, SEGMENTS, ATOMIC, dtype): every open slot, both layouts, every way of walking
+# edges and both ways of writing, both dtypes, in five compilations (each takes seconds).
+VARIANTS = [
+    (3, 0, 0, True, "fp32"),
+    (3, 1, 1, False, "fp64"),
+    (0, 0, 0, True, "fp64"),
+    (1, 1, 0, False, "fp32"),
+    (2, 0, 2, True, "fp64"),
+]
+
+
+def _nvidia_backend_available() -> bool:
+    try:
+        from triton.backends import backends
+    except ImportError:
+        return False
+    return "nvidia" in backends
+
+
+requires_nvidia_toolchain = pytest.mark.skipif(
+    not _nvidia_backend_available(), reason="this Triton build has no NVIDIA backend"
+)
+
+
+def _run(script: str, tmp_path: Path, timeout: float = 600) -> str:
+    """Runs ``script`` in a fresh interpreter without TRITON_INTERPRET; returns its stdout."""
+    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
+    # A fresh cache, so that the kernel really is compiled (and nothing lands in ~/.triton).
+    env["TRITON_CACHE_DIR"] = str(tmp_path / "triton-cache")
+    result = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(script)],
+        cwd=REPO,  # the working tree's eqscale when it is not installed
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert result.returncode == 0, f"stdout:\n{result.stdout}\nstderr:\n{result.stderr[-6000:]}"
+    return result.stdout
+
+
+_COMPILE_SCRIPT = """
+import importlib
+import triton
+from triton.backends.compiler import GPUTarget
+
+kernels = importlib.import_module("eqscale.ops.tp_conv.triton")._kernels()
+kernel = kernels.tp_conv_contract_kernel
+SLOT_POINTERS = ("x_ptr", "y_ptr", "w_ptr", "g_ptr", "out_ptr")
+for open_slot, layout, segments, atomic, dtype in VARIANTS:
+    signature = {}
+    for name in kernel.arg_names:
+        if name.isupper():
+            signature[name] = "constexpr"
+        elif name in SLOT_POINTERS:
+            signature[name] = "*" + dtype
+        elif name == "cg_value_ptr":
+            signature[name] = "*fp64"
+        elif name.endswith("_ptr"):
+            signature[name] = "*i64"
+        else:
+            signature[name] = "i32"
+    constexprs = dict(OPEN=open_slot, LAYOUT=layout, SEGMENTS=segments, ATOMIC=atomic,
+                      BLOCK_C=kernels.MAX_BLOCK_C, BLOCK_D=kernels.MAX_BLOCK_D,
+                      BLOCK_N=kernels.BLOCK_N)
+    source = triton.compiler.ASTSource(kernel, signature=signature, constexprs=constexprs)
+    compiled = triton.compile(source, target=GPUTarget("cuda", CAPABILITY, 32))
+    assert compiled.asm.get("cubin"), "no cubin"
+    print("compiled", open_slot, layout, segments, atomic, dtype, len(compiled.asm["cubin"]))
+"""
+
+
+@requires_nvidia_toolchain
+def test_kernel_compiles_to_cubin(tmp_path):
+    # sm_90 (H100), the largest tiles the launcher picks.
+    script = f"VARIANTS = {VARIANTS!r}\nCAPABILITY = 90\n" + textwrap.dedent(_COMPILE_SCRIPT)
+    stdout = _run(script, tmp_path)
+    assert stdout.count("compiled ") == len(VARIANTS), stdout
+
+
+_TRACE_SCRIPT = """
+import torch
+import triton
+from triton.backends.compiler import GPUTarget
+
+# torch reads the kernel's TTIR to find which arguments it writes, which asks Triton's driver
+# for the current target; with no GPU here, a stand-in answers for an H100.
+class _Driver:
+    def get_current_target(self):
+        return GPUTarget("cuda", 90, 32)
+
+    def get_current_device(self):
+        return 0
+
+    def get_current_stream(self, device=None):
+        return 0
+
+triton.runtime.driver.set_active(_Driver())
+
+from functorch.compile import aot_function
+from torch._subclasses.fake_tensor import FakeTensorMode
+
+import eqscale
+from eqscale.ops.tp_conv._tables import _host_tables
+
+op = torch.ops.eqscale.tp_conv_contract_triton
+plan = eqscale.o3.plan_tensor_product(
+    "2x0e+2x1o", "2x0e+1x1o", "2x0e+2x1o+3x1o",
+    [(0, 0, 0, "uuu", True), (1, 1, 0, "uvu", True), (0, 1, 1, "uvu", False),
+     (1, 0, 2, "uvw", True)])
+host = _host_tables(plan)
+N, E = 5, 9
+sizes = [N, plan.irreps_in1.dim, plan.irreps_in2.dim, plan.weight_numel, 0, plan.irreps_out.dim]
+shared_sizes = sizes[:4] + [1] + sizes[5:]
+graphs = []
+
+
+def keep(graph_module, example_inputs):
+    graphs.append(graph_module.code)
+    return graph_module
+
+
+def function(x, y, w, w_shared, g, edge_index, paths, cg_index, cg_value):
+    tables = (paths, cg_index, cg_value, host.layout)
+    return (
+        op(x, y, w, None, edge_index, N, 3, *tables, sizes, False, 0),
+        op(x, y, w, None, edge_index, N, 3, *tables, sizes, True, 0),
+        op(None, y, w, g, edge_index, N, 0, *tables, sizes, True, 0),
+        op(x, None, w, g, edge_index, N, 1, *tables, sizes, False, 0),
+        op(x, y, None, g, edge_index, N, 2, *tables, sizes, False, 0),
+        op(x, y, None, g, edge_index, N, 2, *tables, shared_sizes, True, 0),
+    )
+
+
+with FakeTensorMode() as mode:
+    inputs = (
+        torch.empty(N, sizes[1], device="cuda"),
+        torch.empty(E, sizes[2], device="cuda"),
+        torch.empty(E, sizes[3], device="cuda"),
+        torch.empty(sizes[3], device="cuda"),
+        torch.empty(N, sizes[5], device="cuda"),
+        torch.empty(2, E, dtype=torch.int64, device="cuda"),
+        torch.empty(host.paths.shape, dtype=torch.int64, device="cuda"),
+        torch.empty(host.cg_index.shape, dtype=torch.int64, device="cuda"),
+        torch.empty(host.cg_value.shape, dtype=torch.float64, device="cuda"),
+    )
+    outputs = aot_function(function, fw_compiler=keep)(*inputs)
+print([tuple(output.shape) for output in outputs])
+print(graphs[0])
+"""
+
+
+@requires_nvidia_toolchain
+def test_triton_op_traces_into_graph(tmp_path):
+    stdout = _run(_TRACE_SCRIPT, tmp_path)
+    assert "[(5, 17), (5, 17), (5, 8), (9, 5), (9, 16), (16,)]" in stdout, stdout
+    # Each call decomposes into its kernel launch, which writes only the fresh output: no input
+    # is cloned or mutated (that would mean torch failed to analyse the kernel).
+    assert stdout.count("triton_kernel_wrapper_functional(") == 6, stdout
+    assert stdout.count("tensors_to_clone = ['out_ptr']") == 6, stdout
