@@ -258,10 +258,12 @@ def test_compiled_model_trains_on_forces(cpu_extension):
         energy = out.sum()
         (forces,) = torch.autograd.grad(-energy, pos, create_graph=True)
         loss = forces.square().sum()
-        return loss, torch.autograd.grad(loss, list(radial.parameters()))
+        return loss.detach(), torch.autograd.grad(loss, list(radial.parameters()))
 
     eager_loss, eager_grads = loss_and_grads(positions)
-    compiled_loss, compiled_grads = torch.compile(loss_and_grads, fullgraph=True)(positions)
+    # Forces inside the compiled region need dynamo to trace torch.autograd.grad (off by default).
+    with torch._dynamo.config.patch(trace_autograd_ops=True):
+        compiled_loss, compiled_grads = torch.compile(loss_and_grads, fullgraph=True)(positions)
     assert eager_loss.item() > 0
     assert_close(compiled_loss.detach(), eager_loss.detach())
     for got, want in zip(compiled_grads, eager_grads):
