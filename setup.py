@@ -16,7 +16,7 @@ import glob
 import os
 import sys
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 
 def _extension_build():
@@ -64,5 +64,11 @@ def _extension_build():
     return [extension], {"build_ext": OptionalBuildExtension.with_options(use_ninja=True)}
 
 
+# kernels/ (Triton) installs as the subpackage eqscale.kernels, never as a top-level package.
+# Listed here rather than in pyproject.toml because package discovery cannot see a package whose
+# folder name differs from its import name.
+packages = find_packages(include=["eqscale", "eqscale.*"]) + ["eqscale.kernels"]
+package_dir = {"eqscale": "eqscale", "eqscale.kernels": "kernels"}
+
 ext_modules, cmdclass = _extension_build()
-setup(ext_modules=ext_modules, cmdclass=cmdclass)
+setup(packages=packages, package_dir=package_dir, ext_modules=ext_modules, cmdclass=cmdclass)

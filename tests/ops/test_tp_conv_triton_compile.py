@@ -64,11 +64,12 @@ def _run(script: str, tmp_path: Path, timeout: float = 600) -> str:
 
 
 _COMPILE_SCRIPT = """
-import importlib
 import triton
 from triton.backends.compiler import GPUTarget
 
-kernels = importlib.import_module("eqscale.ops.tp_conv.triton")._kernels()
+from eqscale._kernels import import_kernels
+
+kernels = import_kernels("tp_conv")
 kernel = kernels.tp_conv_contract_kernel
 SLOT_POINTERS = ("x_ptr", "y_ptr", "w_ptr", "g_ptr", "out_ptr")
 for open_slot, layout, segments, atomic, dtype in VARIANTS:

@@ -13,7 +13,7 @@ import eqscale
 from eqscale.o3 import plan_tensor_product
 from eqscale.ops.tp_conv import reference
 from eqscale.ops.tp_conv._tables import kernel_tables
-from eqscale.ops.tp_conv.triton import _kernels
+from eqscale._kernels import import_kernels
 from eqscale.testing import assert_close, check_gradients
 
 # The conftest fixture skips these tests where Triton cannot run (or fails them where CI needs it).
@@ -103,7 +103,7 @@ def _check_all_slots(plan, num_nodes, edge_index, dtype, shared, deterministic, 
 def test_path_table_columns_match_the_kernel():
     from eqscale.ops.tp_conv import _tables
 
-    kernels = _kernels()
+    kernels = import_kernels("tp_conv")
     for name in ("PATH_MODE", "PATH_HAS_WEIGHT", "PATH_IN1_OFFSET", "PATH_IN1_MUL", "PATH_IN1_DIM",
                  "PATH_IN2_OFFSET", "PATH_IN2_MUL", "PATH_IN2_DIM", "PATH_OUT_OFFSET",
                  "PATH_OUT_MUL", "PATH_OUT_DIM", "PATH_WEIGHT_OFFSET", "PATH_CG_START",
@@ -138,7 +138,7 @@ def test_float32():
 
 def test_degree_four_spans_several_cg_blocks():
     plan = _plan(HIGH_DEGREE)
-    kernels = _kernels()
+    kernels = import_kernels("tp_conv")
     assert max(ins.cg_nnz for ins in plan.instructions) > kernels.BLOCK_N
     edge_index = _graph(2, 2, seed=4)
     _check_all_slots(plan, 2, edge_index, torch.float64, False, True, slots=(3, 0))
@@ -146,7 +146,7 @@ def test_degree_four_spans_several_cg_blocks():
 
 def test_tiles_smaller_than_multiplicities_and_degrees(monkeypatch):
     """Tiny tiles run every tile loop (channels, components, CG blocks) that large plans use."""
-    kernels = _kernels()
+    kernels = import_kernels("tp_conv")
     monkeypatch.setattr(kernels, "MAX_BLOCK_C", 2)
     monkeypatch.setattr(kernels, "MAX_BLOCK_D", 2)
     monkeypatch.setattr(kernels, "BLOCK_N", 4)

@@ -58,11 +58,12 @@ def _run(script: str, tmp_path: Path, timeout: float = 600) -> str:
 
 
 _COMPILE_SCRIPT = """
-import importlib
 import triton
 from triton.backends.compiler import GPUTarget
 
-kernels = importlib.import_module("eqscale.ops.spherical_harmonics.triton")._kernels
+from eqscale._kernels import import_kernels
+
+kernels = import_kernels("spherical_harmonics")
 POINTER = {"fp32": "*fp32", "fp64": "*fp64"}
 for lmax, dtype in CASES:
     for kernel in (

@@ -29,18 +29,14 @@ is imported); that is how they are tested without a GPU. There the operators are
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
-import sys
 from collections.abc import Callable
-from pathlib import Path
-from types import ModuleType
 
 import torch
 from torch._subclasses.fake_tensor import is_fake
 from torch.library import triton_op, wrap_triton
 
 from eqscale import backends
+from eqscale._kernels import import_kernels
 from eqscale.o3._spherical_harmonics import check_lmax, num_sh_components
 
 OP_NAMES = (
@@ -52,31 +48,7 @@ OP_NAMES = (
 _DTYPES = (torch.float32, torch.float64)
 
 
-def _load_kernels() -> ModuleType:
-    """Imports ``eqscale.kernels.spherical_harmonics``, also from an unmapped source tree."""
-    name = "eqscale.kernels.spherical_harmonics"
-    try:
-        return importlib.import_module(name)
-    except ModuleNotFoundError as error:
-        if error.name not in ("eqscale.kernels", name):
-            raise
-    # kernels/ sits beside eqscale/ in the repository and becomes eqscale.kernels only through the
-    # install's package-dir mapping; a checkout used straight from sys.path has no such mapping,
-    # so attach the folder under the same name (never as a top-level "kernels" package).
-    folder = Path(__file__).resolve().parents[3] / "kernels"
-    if not (folder / "__init__.py").is_file():
-        raise ImportError(f"{name} is not installed and no kernels/ folder was found at {folder}")
-    spec = importlib.util.spec_from_file_location(
-        "eqscale.kernels", folder / "__init__.py", submodule_search_locations=[str(folder)]
-    )
-    package = importlib.util.module_from_spec(spec)
-    sys.modules["eqscale.kernels"] = package
-    spec.loader.exec_module(package)
-    sys.modules["eqscale"].kernels = package
-    return importlib.import_module(name)
-
-
-_kernels = _load_kernels()
+_kernels = import_kernels("spherical_harmonics")
 # Bare module-level names: triton_op finds the kernels an operator launches by reading its source
 # for wrap_triton(<name>), and hashes them into AOTAutograd's cache key; an attribute access
 # (_kernels.x) would hide them, and an edited kernel would then not invalidate that cache.

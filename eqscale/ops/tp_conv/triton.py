@@ -25,17 +25,12 @@ FLOP formula are registered in :mod:`eqscale.ops.tp_conv`.
 
 from __future__ import annotations
 
-import functools
-import importlib
-import importlib.util
-import sys
-from pathlib import Path
-from types import ModuleType
 
 import torch
 from torch.library import triton_op, wrap_triton
 
 from eqscale import backends
+from eqscale._kernels import import_kernels
 
 OP_NAME = "tp_conv_contract_triton"
 
@@ -43,31 +38,6 @@ _SLOT_NAMES = ("node_feats", "edge_attrs", "edge_weights", "grad_out")
 _DTYPES = (torch.float32, torch.float64)
 _INDEX_DTYPES = (torch.int32, torch.int64)
 _NUM_PATH_FIELDS = 14
-
-
-@functools.cache
-def _kernels() -> ModuleType:
-    """Imports ``eqscale.kernels.tp_conv``, also from an unmapped source tree."""
-    name = "eqscale.kernels.tp_conv"
-    try:
-        return importlib.import_module(name)
-    except ModuleNotFoundError as error:
-        if error.name not in ("eqscale.kernels", name):
-            raise
-    # kernels/ becomes eqscale.kernels only through the install's package-dir mapping; a checkout
-    # used from sys.path lacks it, so attach the folder under that name (never as "kernels").
-    folder = Path(__file__).resolve().parents[3] / "kernels"
-    if not (folder / "__init__.py").is_file():
-        raise ImportError(f"{name} is not installed and no kernels/ folder was found at {folder}")
-    if "eqscale.kernels" not in sys.modules:
-        spec = importlib.util.spec_from_file_location(
-            "eqscale.kernels", folder / "__init__.py", submodule_search_locations=[str(folder)]
-        )
-        package = importlib.util.module_from_spec(spec)
-        sys.modules["eqscale.kernels"] = package
-        spec.loader.exec_module(package)
-        sys.modules["eqscale"].kernels = package
-    return importlib.import_module(name)
 
 
 def _check(slots: list[torch.Tensor | None], edge_index: torch.Tensor, num_nodes: int,
@@ -189,7 +159,7 @@ def tp_conv_contract_triton(
         ...     [3, 2, 1, 2, 0, 2], False, plan.flops(1)).shape
         torch.Size([3, 2])
     """
-    kernels = _kernels()
+    kernels = import_kernels("tp_conv")
     slots = [node_feats, edge_attrs, edge_weights, grad_out]
     reference = _check(slots, edge_index, num_nodes, open_slot, sizes, paths)
     sender_rows, dim_in1, dim_in2, weight_numel, shared, dim_out = sizes
