@@ -35,6 +35,8 @@
 #include <algorithm>
 #include <array>
 #include <atomic>
+#include <memory>
+#include <thread>
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -145,6 +147,52 @@ constexpr int64_t kAtomGrain = 1 << 15;
 constexpr int64_t kSystemGrain = 1 << 12;
 constexpr int64_t kReceiversPerChunk = 512;
 constexpr int64_t kEdgesPerCopyTask = 1 << 18;
+
+// Runs task(i) for every i in [0, n), on the calling thread and up to at::get_num_threads() - 1
+// helper threads, and returns once every task has completed.
+//
+// Unlike a fork-join region (at::parallel_for), the caller never waits for a helper to *start*:
+// it claims tasks itself, and a helper that the OS schedules late finds none left and leaves. On
+// a shared, oversubscribed machine (the usual case for a 2-core CI box) a join otherwise costs a
+// scheduler time slice whenever one thread is descheduled. The caller only waits for tasks that
+// a helper has claimed and is running. The helpers touch nothing but the shared counters unless
+// their claim succeeds, which can only happen while the caller is still here.
+template <class Task>
+void run_tasks(int64_t n, const Task& task) {
+  struct Counters {
+    std::atomic<int64_t> next{0};
+    std::atomic<int64_t> done{0};
+  };
+  const int64_t helpers = at::in_parallel_region() ? 0 : std::min<int64_t>(n, at::get_num_threads()) - 1;
+  if (helpers <= 0) {
+    for (int64_t i = 0; i < n; ++i) task(i);
+    return;
+  }
+  auto counters = std::make_shared<Counters>();
+  const Task* shared_task = &task;
+  auto work = [counters, shared_task, n] {
+    for (int64_t i = counters->next++; i < n; i = counters->next++) {
+      (*shared_task)(i);
+      counters->done++;
+    }
+  };
+  for (int64_t h = 0; h < helpers; ++h) std::thread(work).detach();
+  work();
+  while (counters->done.load() < n) std::this_thread::yield();
+}
+
+int64_t lowest_bit(uint64_t x) {
+#if defined(__GNUC__) || defined(__clang__)
+  return __builtin_ctzll(x);
+#else
+  int64_t i = 0;
+  while (!(x & 1)) {
+    x >>= 1;
+    ++i;
+  }
+  return i;
+#endif
+}
 
 struct Candidate {
   int64_t sender;
@@ -381,8 +429,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> radius_graph_impl(const at::Tenso
   // --- 1. systems -------------------------------------------------------------------------
   std::vector<System> systems(B);
   for (int64_t a = 0; a < N; ++a) {
-    TORCH_CHECK(batch[a] >= 0 && batch[a] < B, "radius_graph: batch values must lie in [0, ", B, ")");
-    TORCH_CHECK(a == 0 || batch[a] >= batch[a - 1], "radius_graph: batch must be sorted");
+    // The Python layer leaves these per-atom checks to this loop (same messages as its own).
+    TORCH_CHECK_VALUE(batch[a] >= 0, "batch must be non-negative");
+    // A value >= B can only come from an unsorted batch: B covers the last entry.
+    TORCH_CHECK_VALUE((a == 0 || batch[a] >= batch[a - 1]) && batch[a] < B,
+                      "batch must be sorted (non-decreasing): atoms of one system must be contiguous");
+    for (int c = 0; c < 3; ++c)
+      TORCH_CHECK_VALUE(std::isfinite(static_cast<double>(pos[3 * a + c])), "pos contains NaN or infinite values");
     systems[batch[a]].num_atoms += 1;
   }
   int64_t first = 0;
@@ -428,8 +481,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> radius_graph_impl(const at::Tenso
       for (int k = 0; k < 3; ++k) {
         frac[3 * a + k] = p[0] * inv[0][k] + p[1] * inv[1][k] + p[2] * inv[2][k];
         // Integer wraps and bin arithmetic stay exact far below 2^52.
-        TORCH_CHECK(std::abs(frac[3 * a + k]) < 1e15, "radius_graph: atom ", a,
-                    " is too far from its cell (fractional coordinate ", frac[3 * a + k], ")");
+        TORCH_CHECK_VALUE(std::abs(frac[3 * a + k]) < 1e15, "pos: atom ", a,
+                          " is too far from its cell (fractional coordinate ", frac[3 * a + k], ")");
       }
     }
   });
@@ -501,11 +554,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> radius_graph_impl(const at::Tenso
   // --- 3. counting sort by bin; senders' data contiguous, one array per coordinate ----------
   std::vector<int64_t> bin_start(num_bins + 1, 0);
   for (int64_t a = 0; a < N; ++a) bin_start[bin_of[a] + 1] += 1;
-  int64_t max_per_bin = 0;
-  for (int64_t i = 0; i < num_bins; ++i) {
-    max_per_bin = std::max(max_per_bin, bin_start[i + 1]);
-    bin_start[i + 1] += bin_start[i];
-  }
+  for (int64_t i = 0; i < num_bins; ++i) bin_start[i + 1] += bin_start[i];
   std::vector<int64_t> sorted_atom(N);
   {
     std::vector<int64_t> cursor(bin_start.begin(), bin_start.end() - 1);
@@ -596,7 +645,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> radius_graph_impl(const at::Tenso
 
   // Calls emit(sender, shift, d2) for every edge (sender -> a) of the spec, in no particular
   // order. stencil is build_stencil() of a's bin.
-  auto search = [=](int64_t a, const std::vector<Neighbour>& stencil, double* d2buf, int64_t* hits, auto&& emit) {
+  auto search = [=](int64_t a, const std::vector<Neighbour>& stencil, double* d2buf, auto&& emit) {
     const System& sys = system_data[batch[a]];
     const double pa[3] = {wrapped_data[3 * a], wrapped_data[3 * a + 1], wrapped_data[3 * a + 2]};
     const double oa[3] = {static_cast<double>(pos[3 * a]), static_cast<double>(pos[3 * a + 1]),
@@ -615,41 +664,44 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> radius_graph_impl(const at::Tenso
       // The receiver seen from the sender's image: wrapped_a - (wrapped_b + image @ cell).
       const double rel[3] = {pa[0] - nb.offset[0], pa[1] - nb.offset[1], pa[2] - nb.offset[2]};
       const int64_t t0 = nb.t0, n = nb.n;
-      // Separate pass so that the distance loop vectorises.
-      for (int64_t i = 0; i < n; ++i) {
-        const double vx = rel[0] - wx[t0 + i], vy = rel[1] - wy[t0 + i], vz = rel[2] - wz[t0 + i];
-        d2buf[i] = vx * vx + vy * vy + vz * vz;
-      }
-      // Branch-free compaction: hits are too unpredictable to branch on.
-      int64_t m = 0;
-      for (int64_t i = 0; i < n; ++i) {
-        hits[m] = i;
-        m += d2buf[i] <= loose2;
-      }
-      for (int64_t h = 0; h < m; ++h) {
-        const int64_t t = t0 + hits[h];
-        const int64_t b = atom_of[t];
-        // pos[a] - pos[b] + shift @ cell == wrapped_a - wrapped_b - image @ cell.
-        const int64_t shift[3] = {sw[t] - wa[0] - nb.image[0], sw[N + t] - wa[1] - nb.image[1],
-                                  sw[2 * N + t] - wa[2] - nb.image[2]};
-        const bool is_self = b == a && shift[0] == 0 && shift[1] == 0 && shift[2] == 0;
-        double d2 = d2buf[hits[h]];
-        if (is_self) {
-          if (!self_interaction) continue;
-          d2 = 0.0;
-        } else if (exact_always || !(d2 < sure2)) {
-          // reference.squared_distances, operation for operation.
-          const double s0 = static_cast<double>(shift[0]), s1 = static_cast<double>(shift[1]),
-                       s2 = static_cast<double>(shift[2]);
-          const double ob[3] = {px[t], py[t], pz[t]};
-          double v[3];
-          for (int c = 0; c < 3; ++c)
-            v[c] = (oa[c] - ob[c]) + ((s0 * sys.cell[0][c] + s1 * sys.cell[1][c]) + s2 * sys.cell[2][c]);
-          d2 = (v[0] * v[0] + v[1] * v[1]) + v[2] * v[2];
-          if (!(d2 < cutoff2)) continue;
+      // Distances and a bit mask of the candidates within reach, in one pass that vectorises;
+      // then a walk over the set bits. Hits are too unpredictable to branch on per candidate.
+      for (int64_t block = 0; block < n; block += 64) {
+        const int64_t width = std::min<int64_t>(64, n - block);
+        const int64_t tb = t0 + block;
+        uint64_t mask = 0;
+        for (int64_t i = 0; i < width; ++i) {
+          const double vx = rel[0] - wx[tb + i], vy = rel[1] - wy[tb + i], vz = rel[2] - wz[tb + i];
+          const double d2 = vx * vx + vy * vy + vz * vz;
+          d2buf[i] = d2;
+          mask |= static_cast<uint64_t>(d2 <= loose2) << i;
         }
-        if (half && !keep_half(b, a, shift)) continue;
-        emit(b, shift, d2);
+        for (; mask != 0; mask &= mask - 1) {
+          const int64_t i = lowest_bit(mask);
+          const int64_t t = tb + i;
+          const int64_t b = atom_of[t];
+          // pos[a] - pos[b] + shift @ cell == wrapped_a - wrapped_b - image @ cell.
+          const int64_t shift[3] = {sw[t] - wa[0] - nb.image[0], sw[N + t] - wa[1] - nb.image[1],
+                                    sw[2 * N + t] - wa[2] - nb.image[2]};
+          const bool is_self = b == a && shift[0] == 0 && shift[1] == 0 && shift[2] == 0;
+          double d2 = d2buf[i];
+          if (is_self) {
+            if (!self_interaction) continue;
+            d2 = 0.0;
+          } else if (exact_always || !(d2 < sure2)) {
+            // reference.squared_distances, operation for operation.
+            const double s0 = static_cast<double>(shift[0]), s1 = static_cast<double>(shift[1]),
+                         s2 = static_cast<double>(shift[2]);
+            const double ob[3] = {px[t], py[t], pz[t]};
+            double v[3];
+            for (int c = 0; c < 3; ++c)
+              v[c] = (oa[c] - ob[c]) + ((s0 * sys.cell[0][c] + s1 * sys.cell[1][c]) + s2 * sys.cell[2][c]);
+            d2 = (v[0] * v[0] + v[1] * v[1]) + v[2] * v[2];
+            if (!(d2 < cutoff2)) continue;
+          }
+          if (half && !keep_half(b, a, shift)) continue;
+          emit(b, shift, d2);
+        }
       }
     }
   };
@@ -661,18 +713,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> radius_graph_impl(const at::Tenso
   std::vector<std::vector<Entry>> entry_chunks(layout.fits ? 0 : num_chunks);
   const bool cut = max_num_neighbors >= 0;
 
-  // Chunks are claimed dynamically: on a shared machine a descheduled thread must not hold up the
-  // others at a static partition. Which thread runs a chunk does not change its output.
-  std::atomic<int64_t> next_chunk{0};
-  const int64_t num_workers = std::min<int64_t>(num_chunks, at::get_num_threads());
-  at::parallel_for(0, num_workers, 1, [&](int64_t, int64_t) {
-    std::vector<double> d2buf(std::max<int64_t>(1, max_per_bin));
-    std::vector<int64_t> hits(std::max<int64_t>(1, max_per_bin));
+  // Which thread runs a chunk does not change its output.
+  run_tasks(num_chunks, [&](int64_t chunk) {
+    std::vector<double> d2buf(64);
     std::vector<uint64_t> keys, scratch;
     std::vector<Ranked> ranked;
     std::vector<Candidate> found;
     std::vector<Neighbour> stencil;
-    for (int64_t chunk = next_chunk++; chunk < num_chunks; chunk = next_chunk++) {
+    {
       const int64_t lo = N * chunk / num_chunks, hi = N * (chunk + 1) / num_chunks;
       int64_t stencil_bin = -1;
       for (int64_t q = lo; q < hi; ++q) {
@@ -687,7 +735,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> radius_graph_impl(const at::Tenso
           const int64_t first_atom = systems[batch[a]].first_atom;
           keys.clear();
           ranked.clear();
-          search(a, stencil, d2buf.data(), hits.data(), [&](int64_t b, const int64_t* shift, double d2) {
+          search(a, stencil, d2buf.data(), [&](int64_t b, const int64_t* shift, double d2) {
             const uint64_t key = layout.pack(b - first_atom, shift);
             if (cut) {
               ranked.push_back(Ranked{d2, key});
@@ -716,7 +764,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> radius_graph_impl(const at::Tenso
         } else {
           std::vector<Entry>& out = entry_chunks[chunk];
           found.clear();
-          search(a, stencil, d2buf.data(), hits.data(), [&](int64_t b, const int64_t* shift, double d2) {
+          search(a, stencil, d2buf.data(), [&](int64_t b, const int64_t* shift, double d2) {
             found.push_back(Candidate{b, {shift[0], shift[1], shift[2]}, d2});
           });
           full_count[a] = static_cast<int64_t>(found.size());
@@ -747,8 +795,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> radius_graph_impl(const at::Tenso
   int64_t* dst_out = src_out + E;
   int64_t* shift_out = shifts.data_ptr<int64_t>();
   int64_t* count_out = num_neighbors.data_ptr<int64_t>();
-  const int64_t copy_grain = std::max<int64_t>(256, N * kEdgesPerCopyTask / std::max<int64_t>(E, 1));
-  at::parallel_for(0, N, copy_grain, [&](int64_t begin, int64_t end) {
+  const int64_t copy_tasks = std::max<int64_t>(1, std::min<int64_t>(N / 256, E / kEdgesPerCopyTask));
+  run_tasks(copy_tasks, [&](int64_t task) {
+    const int64_t begin = N * task / copy_tasks, end = N * (task + 1) / copy_tasks;
     for (int64_t a = begin; a < end; ++a) {
       count_out[a] = full_count[a];
       const int64_t o = start[a];

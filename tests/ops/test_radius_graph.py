@@ -261,6 +261,18 @@ def test_unwrapped_positions_shift_the_shifts(backend):
     torch.testing.assert_close(v1, v2, rtol=0, atol=1e-10)
 
 
+def test_positions_far_outside_the_cell(backend):
+    # Wraps of 10^6 cells: shifts no longer pack into 63 bits, the C++ takes its general path.
+    rng = np.random.default_rng(6)
+    pos, cell, pbc, cutoff = _random_system(rng, "periodic")
+    wraps = rng.integers(-(10**6), 10**6, size=(len(pos), 3))
+    near = radius_graph(torch.tensor(pos), cutoff, cell=torch.tensor(cell), backend="reference")
+    edge_index, shifts = _run(backend, torch.tensor(pos + wraps @ cell), cutoff, cell=torch.tensor(cell))
+    assert torch.equal(edge_index, near[0])
+    wraps = torch.tensor(wraps)
+    assert torch.equal(shifts, near[1] - (wraps[edge_index[1]] - wraps[edge_index[0]]))
+
+
 def test_vacuum_box_and_spread_out_atoms(backend):
     # Atoms 10^4 A apart in a 10^4 A non-periodic box, and a slab periodic along x only.
     pos = torch.tensor([[0.0, 0.0, 0.0], [1.0, 0.0, 0.0], [9999.0, 5000.0, 1.0], [9999.5, 5000.0, 1.0]])

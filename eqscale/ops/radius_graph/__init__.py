@@ -119,7 +119,18 @@ def radius_graph(
         >>> edge_index.shape[1], shifts[:2].tolist()
         (4, [[0, 0, 0], [1, 0, 0]])
     """
-    pos, cutoff, batch, cell, pbc = _normalise(pos, cutoff, batch, cell, pbc)
+    if not isinstance(pos, torch.Tensor):
+        raise TypeError(f"pos must be a torch.Tensor, got {type(pos).__name__}")
+    requested = backend if backend is not None else backends.get_backend()
+    chosen = backends.resolve(pos.device, backend)
+    if chosen == "cpu" and not _cpu.load():
+        if requested != "auto":
+            raise ValueError("backend 'cpu' cannot run radius_graph: eqscale._C was built without it; reinstall")
+        chosen = "reference"
+    # The C++ backend checks positions and batch itself, in its first pass over them: the same
+    # checks as torch ops here would start torch's thread pool, whose spinning workers then
+    # compete with the search threads.
+    pos, cutoff, batch, cell, pbc = _normalise(pos, cutoff, batch, cell, pbc, per_atom_checks=chosen != "cpu")
     for name, flag in (("self_interaction", self_interaction), ("half", half), ("return_num_neighbors", return_num_neighbors)):
         if not isinstance(flag, bool):
             raise TypeError(f"{name} must be a bool, got {type(flag).__name__}")
@@ -132,12 +143,6 @@ def radius_graph(
             raise ValueError("half=True cannot be combined with max_num_neighbors: a per-receiver cut breaks pair symmetry")
         max_num_neighbors = int(max_num_neighbors)
 
-    requested = backend if backend is not None else backends.get_backend()
-    chosen = backends.resolve(pos.device, backend)
-    if chosen == "cpu" and not _cpu.load():
-        if requested != "auto":
-            raise ValueError("backend 'cpu' cannot run radius_graph: eqscale._C was built without it; reinstall")
-        chosen = "reference"
     if chosen != "reference" and pos.dtype not in _FUSED_DTYPES:
         raise TypeError(
             f"pos must be float32 or float64 for the {chosen!r} backend, got {pos.dtype}; "
@@ -267,8 +272,12 @@ def _describe(value: object) -> str:
     return type(value).__name__
 
 
-def _normalise(pos, cutoff, batch, cell, pbc):
-    """Validated ``(pos, cutoff, batch (N,) int64, cell (B, 3, 3) float64, pbc (B, 3) bool)``."""
+def _normalise(pos, cutoff, batch, cell, pbc, *, per_atom_checks: bool = True):
+    """Validated ``(pos, cutoff, batch (N,) int64, cell (B, 3, 3) float64, pbc (B, 3) bool)``.
+
+    Without ``per_atom_checks``, finiteness of ``pos`` and order of ``batch`` are left to the
+    backend (the C++ one raises the same ValueErrors).
+    """
     if not isinstance(pos, torch.Tensor):
         raise TypeError(f"pos must be a torch.Tensor, got {type(pos).__name__}")
     if not pos.is_floating_point():
@@ -276,7 +285,7 @@ def _normalise(pos, cutoff, batch, cell, pbc):
     if pos.dim() != 2 or pos.shape[1] != 3:
         raise ValueError(f"pos must have shape (N, 3), got {tuple(pos.shape)}")
     pos = pos.detach()
-    if not bool(torch.isfinite(pos).all()):
+    if per_atom_checks and not bool(torch.isfinite(pos).all()):
         raise ValueError("pos contains NaN or infinite values")
     device, num_nodes = pos.device, pos.shape[0]
 
@@ -303,7 +312,7 @@ def _normalise(pos, cutoff, batch, cell, pbc):
         batch = batch.to(torch.int64).contiguous()
         if num_nodes and int(batch[0]) < 0:
             raise ValueError("batch must be non-negative")
-        if num_nodes > 1 and not bool((batch[1:] >= batch[:-1]).all()):
+        if per_atom_checks and num_nodes > 1 and not bool((batch[1:] >= batch[:-1]).all()):
             raise ValueError("batch must be sorted (non-decreasing): atoms of one system must be contiguous")
         num_systems = int(batch[-1]) + 1 if num_nodes else 1
 
