@@ -22,6 +22,9 @@
 //     TensorProductPlan.flops: y_ik = sum_j c C_ijk Y_j is formed per edge (SIMD across a block of
 //     edges), then out_k[u] += sum_i y_ik (W[u] x_i[u]) is SIMD across channels. Everything else
 //     (uvw, uuu, several edge channels, odd channel counts) runs a generic loop kernel.
+//   * The per-edge weights (E x weight_numel, the largest operand by far) and the node rows are read
+//     in scattered slices; they are software-prefetched a block ahead, spread over the path loop.
+//     With them the kernels run at about memory speed; without, they were several times slower.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -68,6 +71,8 @@ constexpr int64_t kBlock = 32;
 constexpr int64_t kEdgeChunk = 256;
 // Target work (edges + nodes) per task of the node slots: only load balance depends on it.
 constexpr int64_t kNodeTaskWork = 512;
+// How many paths ahead the slices of large source rows are prefetched within a block.
+constexpr size_t kPrefetchPaths = 2;
 // The templated kernels cover degrees l <= kMaxFastL.
 constexpr int64_t kMaxFastL = 4;
 
@@ -82,8 +87,7 @@ struct Entry {
   S c;
 };
 
-// One dense (a, b) cell of a path's per-edge matrix y_ab = sum over entries of c Y_j: its entries
-// are ab_entries[first, first + count).
+// A range [first, first + count) of Problem::cell_entries.
 struct Cell {
   int64_t first, count;
 };
@@ -100,8 +104,9 @@ struct Problem {
   const int64_t* receivers = nullptr;
   std::vector<Path> paths;
   std::vector<Entry<S>> entries;
-  // Fast paths: per path, DA * DB cells (a, b) = (i, k), or (k, i) for the node-feature gradient,
-  // and the (j, c) lists they point into.
+  // Fast paths, per path: the CG entries grouped by the cell they feed. Slots 0, 2, 3: the DA * DB
+  // cells of y_ab = sum_j c Y_j, (a, b) = (i, k), or (k, i) for the node-feature gradient, entries
+  // (j, c). Slot 1: one cell per component j of the edge attributes, entries (i dout + k, c).
   std::vector<std::vector<Cell>> cells;
   std::vector<std::vector<std::pair<int64_t, S>>> cell_entries;
 
@@ -136,11 +141,25 @@ struct Simd {
     return V{((void)I, s)...};
   }
   EQSCALE_TP_INLINE static V splat(S s) { return splat(s, std::make_index_sequence<lanes>()); }
-  EQSCALE_TP_INLINE static S sum(const V& v) {
-    S s = v[0];
-    for (int64_t l = 1; l < lanes; ++l) s += v[l];
-    return s;
-  }
+  EQSCALE_TP_INLINE static S sum(const V& v) { return Halves<kVectorBytes>::sum(v); }
+
+  // Horizontal sum by halving (log2(lanes) adds); a loop over lanes costs a shuffle per lane.
+  template <int Bytes, bool Last = (Bytes == 2 * sizeof(S))>
+  struct Halves {
+    typedef S W __attribute__((vector_size(Bytes)));
+    typedef S H __attribute__((vector_size(Bytes / 2)));
+    EQSCALE_TP_INLINE static S sum(const W& v) {
+      H lo, hi;
+      std::memcpy(&lo, &v, Bytes / 2);
+      std::memcpy(&hi, reinterpret_cast<const char*>(&v) + Bytes / 2, Bytes / 2);
+      return Halves<Bytes / 2>::sum(lo + hi);
+    }
+  };
+  template <int Bytes>
+  struct Halves<Bytes, true> {
+    typedef S W __attribute__((vector_size(Bytes)));
+    EQSCALE_TP_INLINE static S sum(const W& v) { return v[0] + v[1]; }
+  };
 };
 
 // Chunks of channels handled together: a node slot's accumulator chain has DB independent
@@ -193,16 +212,18 @@ void node_kernel(const S* yd, int64_t n, const S* const* src, int64_t src_off, c
   for (; c < mul; c += L) node_chunk<S, DA, DB, 1>(yd, n, src, src_off, wts, woff, weighted, dst, mul, c);
 }
 
-// gW[u] += sum_a x_a[u] sum_b y_ab G_b[u] for one edge (a = i, b = k); y_ab at yd[ab * kBlock].
+// gW[u] (+)= sum_a x_a[u] sum_b y_ab G_b[u] for one edge (a = i, b = k); y_ab at yd[ab * kBlock].
+// Per-edge rows are written, not accumulated: each weight belongs to one path, and skipping the
+// zero fill and the read back matters for an output as large as the per-edge weights.
 template <class S, int DA, int DB>
 void weight_kernel(const S* __restrict yd, const S* __restrict x, const S* __restrict g, S* __restrict out,
-                   int64_t mul) {
+                   int64_t mul, bool accumulate) {
   using T = Simd<S>;
   using V = typename T::V;
   for (int64_t c = 0; c < mul; c += T::lanes) {
     V gb[DB];
     EQSCALE_TP_UNROLL for (int b = 0; b < DB; ++b) gb[b] = T::load(g + b * mul + c);
-    V o = T::load(out + c);
+    V o = accumulate ? T::load(out + c) : T::splat(S(0));
     EQSCALE_TP_UNROLL for (int a = 0; a < DA; ++a) {
       V z = T::splat(S(0));
       EQSCALE_TP_UNROLL for (int b = 0; b < DB; ++b) z += T::splat(yd[(a * DB + b) * kBlock]) * gb[b];
@@ -213,7 +234,8 @@ void weight_kernel(const S* __restrict yd, const S* __restrict x, const S* __res
 }
 
 // q_ab = sum_u W[u] x_a[u] G_b[u] for one edge (a = i, b = k), the contraction left over by the
-// edge-attribute gradient before the CG.
+// edge-attribute gradient before the CG. Left as SIMD partial sums q[ab][lane]: the CG combination
+// is linear, so the caller combines vectors and reduces only one per output component j.
 template <class S, int DA, int DB>
 void attr_kernel(const S* __restrict x, const S* __restrict w, const S* __restrict g, S* __restrict q, int64_t mul) {
   using T = Simd<S>;
@@ -226,14 +248,14 @@ void attr_kernel(const S* __restrict x, const S* __restrict w, const S* __restri
       if (w != nullptr) xw *= T::load(w + c);
       EQSCALE_TP_UNROLL for (int b = 0; b < DB; ++b) acc[b] += xw * T::load(g + b * mul + c);
     }
-    EQSCALE_TP_UNROLL for (int b = 0; b < DB; ++b) q[a * DB + b] = T::sum(acc[b]);
+    EQSCALE_TP_UNROLL for (int b = 0; b < DB; ++b) T::store(q + (a * DB + b) * T::lanes, acc[b]);
   }
 }
 
 template <class S>
 using NodeFn = void (*)(const S*, int64_t, const S* const*, int64_t, const S* const*, int64_t, bool, S*, int64_t);
 template <class S>
-using WeightFn = void (*)(const S*, const S*, const S*, S*, int64_t);
+using WeightFn = void (*)(const S*, const S*, const S*, S*, int64_t, bool);
 template <class S>
 using AttrFn = void (*)(const S*, const S*, const S*, S*, int64_t);
 
@@ -469,10 +491,12 @@ int64_t path_weight_numel(const Path& p) {
   return p.mode == kUVW ? p.mul1 * p.mul2 * p.mulo : (p.mode == kUVU ? p.mul1 * p.mul2 : p.mul1);
 }
 
-// Requests rows[e][offset, offset + len) of a block's edges into cache. The rows (per-edge weights,
-// node features) are scattered in memory, since edges are visited sorted by node, and each (edge,
-// path) touches only a short slice of its row: without a prefetch one path ahead, every slice is
-// a cache miss waited on in turn, which measured slower than the arithmetic itself.
+// Requests rows[e][offset, offset + len) of a block's edges into cache (null rows are skipped). The
+// rows (per-edge weights, node features) are scattered in memory, since edges are visited sorted by
+// node, and each (edge, path) touches only a short slice of its row: without prefetching, every
+// slice is a cache miss waited on in turn, which measured slower than the arithmetic itself. The
+// requests are spread over the path loop: a burst of a whole block's rows stalls on the few
+// outstanding misses the core allows.
 template <bool Write>
 EQSCALE_TP_INLINE void prefetch_line(const char* address) {
 #if (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(__i386__))
@@ -544,48 +568,57 @@ void node_slot(const Problem<S>& pr, int64_t slot, const int64_t* perm_dst, S* o
   }
   const int64_t scratch_size = generic_scratch_size<S>(pr.paths);
 
-  // Whole rows of the next block's edges, while the current block computes: per-edge weights always
-  // (each edge reads all of its row), source rows when they are small (G rows of the node-feature
-  // gradient can be large; they are prefetched path by path below).
-  const bool prefetch_src_rows = src_dim * static_cast<int64_t>(sizeof(S)) <= 8192;
-  auto prefetch_block = [&](int64_t pos) {
-    const int64_t end = std::min(pos + kBlock, pr.num_edges);
-    for (; pos < end; ++pos) {
-      const int64_t edge = order[pos];
-      const S* row = pr.weights_of(edge);
-      if (!pr.shared && row != nullptr) prefetch_slices<false>(&row, 1, 0, pr.weight_numel);
-      const S* src_row = src_base + other[edge] * src_dim;
-      if (prefetch_src_rows) prefetch_slices<false>(&src_row, 1, 0, src_dim);
-    }
-  };
+  // Prefetching (see prefetch_slices): while path t of a block computes, path t's slices of the next
+  // block's weight rows are requested, and of its source rows when these are small (x rows of the
+  // forward). Large source rows (G rows of the node-feature gradient, often larger than L2 for a
+  // block) are requested for the current block, kPrefetchPaths paths ahead.
+  const bool src_next_block = src_dim * static_cast<int64_t>(sizeof(S)) <= 8192;
 
   at::parallel_for(0, static_cast<int64_t>(bounds.size()) - 1, 1, [&](int64_t task_begin, int64_t task_end) {
     std::vector<S> row(dst_dim), scratch(scratch_size), yt(any_fast ? pr.dim2 * kBlock : 0),
         yd(any_fast ? cells_max * kBlock : 0);
     const S* src[kBlock];
     const S* wts[kBlock];
+    const S* next_src[kBlock];
+    const S* next_wts[kBlock];
     for (int64_t task = task_begin; task < task_end; ++task) {
       for (int64_t r = bounds[task]; r < bounds[task + 1]; ++r) {
         std::fill(row.begin(), row.end(), S(0));
         for (int64_t pos = offsets[r]; pos < offsets[r + 1]; pos += kBlock) {
           const int64_t n = std::min(kBlock, offsets[r + 1] - pos);
           const int64_t* edges = order.data() + pos;
-          prefetch_block(pos + n);
           for (int64_t e = 0; e < n; ++e) {
             src[e] = src_base + other[edges[e]] * src_dim;
             wts[e] = pr.weights_of(edges[e]);
           }
+          const int64_t next_n = std::min(kBlock, pr.num_edges - (pos + n));
+          for (int64_t e = 0; e < next_n; ++e) {
+            const int64_t edge = order[pos + n + e];
+            next_src[e] = src_base + other[edge] * src_dim;
+            next_wts[e] = pr.shared ? nullptr : pr.weights_of(edge);
+          }
           if (any_fast) gather_attrs(pr, edges, n, yt.data());
-          auto prefetch_path = [&](size_t t) {
-            if (t >= pr.paths.size()) return;
-            const Path& p = pr.paths[t];
-            if (!pr.shared) prefetch_slices<false>(wts, n, p.woff, path_weight_numel(p));
-            prefetch_slices<false>(src, n, forward ? p.off1 : p.offo, forward ? p.d1 * p.mul1 : p.dout * p.mulo);
+          auto src_slice = [&](const Path& p, int64_t& offset, int64_t& len) {
+            offset = forward ? p.off1 : p.offo;
+            len = forward ? p.d1 * p.mul1 : p.dout * p.mulo;
           };
-          prefetch_path(0);
+          auto prefetch_current = [&](size_t t) {
+            if (src_next_block || t >= pr.paths.size()) return;
+            int64_t offset, len;
+            src_slice(pr.paths[t], offset, len);
+            prefetch_slices<false>(src, n, offset, len);
+          };
+          for (size_t t = 0; t < kPrefetchPaths; ++t) prefetch_current(t);
           for (size_t t = 0; t < pr.paths.size(); ++t) {
             const Path& p = pr.paths[t];
-            prefetch_path(t + 1);
+            prefetch_current(t + kPrefetchPaths);
+            prefetch_slices<false>(next_wts, next_n, p.woff, path_weight_numel(p));
+            if (src_next_block) {
+              int64_t offset, len, previous = -1, unused;
+              src_slice(p, offset, len);
+              if (t > 0) src_slice(pr.paths[t - 1], previous, unused);
+              if (offset != previous) prefetch_slices<false>(next_src, next_n, offset, len);
+            }
 #ifdef EQSCALE_TP_SIMD
             if (p.fast) {
               form_cells(pr, t, yt.data(), n, yd.data());
@@ -631,76 +664,96 @@ void edge_slot(const Problem<S>& pr, int64_t slot, S* out) {
     cells_max = std::max<int64_t>(cells_max, pr.cells[t].size());
   }
   const int64_t scratch_size = generic_scratch_size<S>(pr.paths);
+  int64_t pair_max = 1;
+  for (const Path& p : pr.paths) pair_max = std::max(pair_max, p.d1 * p.dout);
 
-  // Whole rows of the next block's edges, while the current block computes (see node_slot): weights
-  // or the weight-gradient rows to be written, and node features; rows of G are shared by
-  // consecutive edges (sorted by receiver) and prefetched path by path.
-  auto prefetch_block = [&](int64_t pos) {
-    const int64_t end = std::min(pos + kBlock, pr.num_edges);
-    for (; pos < end; ++pos) {
-      const int64_t edge = order[pos];
-      const S* x_row = pr.x + pr.senders[edge] * pr.dim1;
-      prefetch_slices<false>(&x_row, 1, 0, pr.dim1);
-      if (slot == kEdgeAttrs && !pr.shared && pr.w != nullptr) {
-        const S* w_row = pr.weights_of(edge);
-        prefetch_slices<false>(&w_row, 1, 0, pr.weight_numel);
+  // Columns of a per-edge output row that need zeros first: all but the weight slices that the
+  // templated kernel writes outright.
+  std::vector<std::pair<int64_t, int64_t>> zero_ranges;
+  {
+    std::vector<char> written(out_dim, 0);
+    if (slot == kEdgeWeights)
+      for (const Path& p : pr.paths)
+        if (p.fast && p.has_weight) std::fill(written.begin() + p.woff, written.begin() + p.woff + p.mul1, 1);
+    for (int64_t c = 0; c < out_dim;) {
+      if (written[c]) {
+        ++c;
+        continue;
       }
-      if (!shared) {
-        const S* out_row = out + edge * out_dim;
-        prefetch_slices<true>(&out_row, 1, 0, out_dim);
-      }
+      const int64_t start = c;
+      while (c < out_dim && !written[c]) ++c;
+      zero_ranges.push_back({start, c});
     }
-  };
+  }
 
   at::parallel_for(0, chunks, 1, [&](int64_t chunk_begin, int64_t chunk_end) {
     std::vector<S> scratch(scratch_size), yt(any_fast && slot == kEdgeWeights ? pr.dim2 * kBlock : 0),
-        yd(any_fast && slot == kEdgeWeights ? cells_max * kBlock : 0), q(cells_max);
+        yd(any_fast && slot == kEdgeWeights ? cells_max * kBlock : 0), q(pair_max * std::max<int64_t>(1, simd_lanes<S>()));
     const S* xs[kBlock];
     const S* gs[kBlock];
     const S* ws[kBlock];
     S* outs[kBlock];
+    // The next block's rows, requested path slice by path slice while this block computes (see
+    // node_slot); rows of G repeat along the receiver-sorted edges, so only new ones are requested.
+    const S* next_xs[kBlock];
+    const S* next_gs[kBlock];
+    const S* next_ws[kBlock];
+    const S* next_outs[kBlock];
     for (int64_t chunk = chunk_begin; chunk < chunk_end; ++chunk) {
       const int64_t chunk_end_pos = std::min(pr.num_edges, (chunk + 1) * kEdgeChunk);
       for (int64_t pos = chunk * kEdgeChunk; pos < chunk_end_pos; pos += kBlock) {
         const int64_t n = std::min(kBlock, chunk_end_pos - pos);
         const int64_t* edges = order.data() + pos;
-        prefetch_block(pos + n);
+        const int64_t next_n = std::min(kBlock, pr.num_edges - (pos + n));
+        for (int64_t e = 0; e < next_n; ++e) {
+          const int64_t edge = order[pos + n + e];
+          next_xs[e] = pr.x + pr.senders[edge] * pr.dim1;
+          next_gs[e] = pr.g + pr.receivers[edge] * pr.dimo;
+          if (e > 0 && next_gs[e] == next_gs[e - 1]) next_gs[e] = nullptr;
+          next_ws[e] = slot == kEdgeAttrs && !pr.shared ? pr.weights_of(edge) : nullptr;
+          next_outs[e] = slot == kEdgeWeights && !shared ? out + edge * out_dim : nullptr;
+        }
         for (int64_t e = 0; e < n; ++e) {
           xs[e] = pr.x + pr.senders[edges[e]] * pr.dim1;
           gs[e] = pr.g + pr.receivers[edges[e]] * pr.dimo;
           ws[e] = pr.weights_of(edges[e]);
           outs[e] = shared ? partials.data() + chunk * out_dim : out + edges[e] * out_dim;
-          if (!shared) std::fill(outs[e], outs[e] + out_dim, S(0));
+          if (!shared)
+            for (const auto& range : zero_ranges) std::fill(outs[e] + range.first, outs[e] + range.second, S(0));
         }
         if (any_fast && slot == kEdgeWeights) gather_attrs(pr, edges, n, yt.data());
-        auto prefetch_path = [&](size_t t) {
-          if (t >= pr.paths.size()) return;
-          const Path& p = pr.paths[t];
-          prefetch_slices<false>(xs, n, p.off1, p.d1 * p.mul1);
-          prefetch_slices<false>(gs, n, p.offo, p.dout * p.mulo);
-          if (slot == kEdgeAttrs && !pr.shared) prefetch_slices<false>(ws, n, p.woff, path_weight_numel(p));
-          if (slot == kEdgeWeights && !shared) prefetch_slices<true>(outs, n, p.woff, path_weight_numel(p));
-        };
-        prefetch_path(0);
         for (size_t t = 0; t < pr.paths.size(); ++t) {
           const Path& p = pr.paths[t];
-          prefetch_path(t + 1);
+          if (t == 0 || p.off1 != pr.paths[t - 1].off1) prefetch_slices<false>(next_xs, next_n, p.off1, p.d1 * p.mul1);
+          prefetch_slices<false>(next_gs, next_n, p.offo, p.dout * p.mulo);
+          prefetch_slices<false>(next_ws, next_n, p.woff, path_weight_numel(p));
+          prefetch_slices<true>(next_outs, next_n, p.woff, path_weight_numel(p));
           if (slot == kEdgeWeights && !p.has_weight) continue;
 #ifdef EQSCALE_TP_SIMD
           if (p.fast && slot == kEdgeWeights) {
             form_cells(pr, t, yt.data(), n, yd.data());
             const WeightFn<S> fn = weight_fn<S>(p.d1, p.dout);
-            for (int64_t e = 0; e < n; ++e) fn(yd.data() + e, xs[e] + p.off1, gs[e] + p.offo, outs[e] + p.woff, p.mul1);
+            for (int64_t e = 0; e < n; ++e)
+              fn(yd.data() + e, xs[e] + p.off1, gs[e] + p.offo, outs[e] + p.woff, p.mul1, shared);
             continue;
           }
           if (p.fast) {
+            using T = Simd<S>;
             const AttrFn<S> fn = attr_fn<S>(p.d1, p.dout);
-            const Entry<S>* ent = pr.entries.data() + p.cg_start;
+            const auto& by_j = pr.cells[t];
+            const auto& list = pr.cell_entries[t];
             for (int64_t e = 0; e < n; ++e) {
               const S* w = p.has_weight ? ws[e] + p.woff : nullptr;
               fn(xs[e] + p.off1, w, gs[e] + p.offo, q.data(), p.mul1);
               S* o = outs[e] + p.off2;
-              for (int64_t m = 0; m < p.cg_count; ++m) o[ent[m].j] += ent[m].c * q[ent[m].i * p.dout + ent[m].k];
+              for (int64_t j = 0; j < p.d2; ++j) {
+                const Cell cell = by_j[j];
+                if (cell.count == 0) continue;
+                typename T::V acc = T::splat(S(0));
+                for (int64_t m = cell.first; m < cell.first + cell.count; ++m)
+                  acc += T::splat(list[m].second) * T::load(q.data() + list[m].first * T::lanes);
+                o[j] += T::sum(acc);
+              }
             }
             continue;
           }
@@ -838,6 +891,20 @@ at::Tensor contract(const at::Tensor* slots, const at::Tensor& edge_index, int64
     p.fast = lanes > 0 && p.mode == kUVU && p.mul2 == 1 && p.mul1 % lanes == 0 && p.d1 <= 2 * kMaxFastL + 1 &&
              p.dout <= 2 * kMaxFastL + 1;
     if (!p.fast) continue;
+    if (slot == kEdgeAttrs) {
+      // The edge-attribute gradient combines q_ik per output component j: cells are j, entries
+      // (i dout + k, c).
+      std::vector<std::vector<std::pair<int64_t, S>>> lists(p.d2);
+      for (int64_t m = p.cg_start; m < p.cg_start + p.cg_count; ++m) {
+        const Entry<S>& en = pr.entries[m];
+        lists[en.j].push_back({en.i * p.dout + en.k, en.c});
+      }
+      for (const auto& list : lists) {
+        pr.cells[t].push_back({static_cast<int64_t>(pr.cell_entries[t].size()), static_cast<int64_t>(list.size())});
+        pr.cell_entries[t].insert(pr.cell_entries[t].end(), list.begin(), list.end());
+      }
+      continue;
+    }
     // (a, b) = (i, k), except for the node-feature gradient, which sums over k into i.
     const bool swap = slot == kNodeFeats;
     const int64_t db = swap ? p.d1 : p.dout;
