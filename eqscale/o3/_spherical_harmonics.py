@@ -69,9 +69,10 @@ def _coefficients_tuple(lmax: int, normalization: str) -> tuple[float, ...]:
         scale = _degree_scale(degree, normalization)
         for order in range(-degree, degree + 1):
             m = abs(order)
-            # lgamma keeps (l-m)!/(l+m)! finite for large degrees.
+            # sqrt((l-m)!/(l+m)!) through lgamma and a halved exponent: the ratio itself
+            # underflows float64 from l of about 86, its square root only beyond l = 150.
             log_ratio = math.lgamma(degree - m + 1) - math.lgamma(degree + m + 1)
-            value = math.sqrt((2 * degree + 1) / (4.0 * math.pi) * math.exp(log_ratio))
+            value = math.sqrt((2 * degree + 1) / (4.0 * math.pi)) * math.exp(0.5 * log_ratio)
             if m != 0:
                 value *= math.sqrt(2.0)
             values.append(value * scale)
