@@ -605,7 +605,7 @@ int64_t check_common(const char* op, const at::Tensor& vectors, const at::Tensor
   TORCH_CHECK(vectors.is_contiguous(), op, ": vectors must be contiguous");
   // (2 lmax - 1)!! = Q[lmax, lmax] exceeds the float32 range from lmax = 29 on; the prefactor that
   // would bring it back is applied after, so the result would be inf/nan rather than inexact.
-  TORCH_CHECK(vectors.scalar_type() != at::kFloat || lmax <= kMaxFloat32Degree, op, ": lmax must be <= ",
+  TORCH_CHECK_VALUE(vectors.scalar_type() != at::kFloat || lmax <= kMaxFloat32Degree, op, ": lmax must be <= ",
               kMaxFloat32Degree, " for float32 vectors (the recursion overflows float32 beyond), got ", lmax,
               "; use float64 vectors");
   const int64_t K = (lmax + 1) * (lmax + 1);

@@ -327,6 +327,12 @@ def test_half_precision_rejected_by_fused(fused_backend, dtype):
         sh(torch.ones(4, 3, dtype=dtype), 2, backend=fused_backend)
 
 
+def test_float32_degree_limit_of_fused(fused_backend):
+    assert torch.isfinite(sh(torch.ones(4, 3), 28, backend=fused_backend)).all()
+    with pytest.raises(ValueError, match="lmax must be <= 28 for float32 vectors"):
+        sh(torch.ones(4, 3), 29, backend=fused_backend)
+
+
 def test_half_precision_reference():
     out = sh(torch.ones(4, 3, dtype=torch.bfloat16), 2, backend="reference")
     assert out.dtype == torch.bfloat16

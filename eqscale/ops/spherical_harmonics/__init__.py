@@ -29,6 +29,9 @@ from eqscale.ops.spherical_harmonics import reference as _reference
 __all__ = ["spherical_harmonics"]
 
 _FUSED_DTYPES = (torch.float32, torch.float64)
+# The fused kernels run the recursion in the vectors' dtype; (2 lmax - 1)!! overflows float32 from
+# lmax = 29 on, before the prefactor that would bring it back is applied.
+_MAX_FLOAT32_LMAX = 28
 
 
 def spherical_harmonics(
@@ -75,6 +78,11 @@ def spherical_harmonics(
         raise TypeError(
             f"vectors must be float32 or float64 for the {chosen!r} backend, got {vectors.dtype}; "
             "use backend='reference' for other dtypes"
+        )
+    if vectors.dtype == torch.float32 and lmax > _MAX_FLOAT32_LMAX:
+        raise ValueError(
+            f"lmax must be <= {_MAX_FLOAT32_LMAX} for float32 vectors on the {chosen!r} backend (the recursion "
+            f"overflows float32 beyond), got {lmax}; use float64 vectors or backend='reference'"
         )
     if normalize:
         vectors = torch.nn.functional.normalize(vectors, dim=-1)
