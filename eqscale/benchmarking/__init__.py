@@ -11,8 +11,10 @@ Example:
 """
 
 from eqscale.benchmarking._harness import (
+    TABLE_HEADER,
     Row,
     benchmark_params,
+    format_row,
     format_table,
     matmul_gflops,
     peak_tensor_bytes,
@@ -21,8 +23,10 @@ from eqscale.benchmarking._harness import (
 )
 
 __all__ = [
+    "TABLE_HEADER",
     "Row",
     "benchmark_params",
+    "format_row",
     "format_table",
     "matmul_gflops",
     "peak_tensor_bytes",

@@ -83,12 +83,15 @@ def matmul_gflops(size: int = 1024, dtype: torch.dtype = torch.float32, device: 
     return 2 * size**3 / seconds / 1e9
 
 
-def run_suites(names: Sequence[str] | None = None, *, quick: bool = False) -> list[Row]:
+def run_suites(
+    names: Sequence[str] | None = None, *, quick: bool = False, on_row: Callable[[Row], None] | None = None
+) -> list[Row]:
     """Runs the named suites (all when ``None``) and returns their rows.
 
     Args:
         names: suite names, keys of ``SUITES``.
         quick: small inputs and few repeats (a smoke run that still prints real ratios).
+        on_row: called with each row as soon as it is measured (full runs take many minutes).
     """
     names = list(SUITES) if names is None else list(names)
     unknown = sorted(set(names) - set(SUITES))
@@ -101,21 +104,30 @@ def run_suites(names: Sequence[str] | None = None, *, quick: bool = False) -> li
         for row in module.run(quick=quick):
             row.matmul_gflops = peak
             rows.append(row)
+            if on_row is not None:
+                on_row(row)
     return rows
+
+
+TABLE_HEADER = (
+    "| suite | case | step | eqscale | vs | speedup | useful GFLOP/s | matmul GFLOP/s | note |\n"
+    "|---|---|---|---|---|---:|---:|---:|---|"
+)
+
+
+def format_row(row: Row) -> str:
+    """One Markdown table line (under ``TABLE_HEADER``)."""
+    gflops = f"{row.gflops:.1f}" if row.gflops is not None else ""
+    peak = f"{row.matmul_gflops:.0f}" if row.matmul_gflops is not None else ""
+    return (
+        f"| {row.suite} | {row.case} | {row.step} | {row.backend} | {row.anchor} | "
+        f"{row.speedup:.2f}x | {gflops} | {peak} | {row.note} |"
+    )
 
 
 def format_table(rows: Sequence[Row]) -> str:
     """A Markdown table of rows (the format the README shows)."""
-    header = "| suite | case | step | eqscale | vs | speedup | useful GFLOP/s | matmul GFLOP/s | note |"
-    lines = [header, "|---|---|---|---|---|---:|---:|---:|---|"]
-    for row in rows:
-        gflops = f"{row.gflops:.1f}" if row.gflops is not None else ""
-        peak = f"{row.matmul_gflops:.0f}" if row.matmul_gflops is not None else ""
-        lines.append(
-            f"| {row.suite} | {row.case} | {row.step} | {row.backend} | {row.anchor} | "
-            f"{row.speedup:.2f}x | {gflops} | {peak} | {row.note} |"
-        )
-    return "\n".join(lines)
+    return "\n".join([TABLE_HEADER, *(format_row(row) for row in rows)])
 
 
 def peak_tensor_bytes(function: Callable[[], object]) -> int:

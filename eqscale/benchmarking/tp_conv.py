@@ -13,7 +13,7 @@ with ``create_graph=True`` and a backward through it, as in training on forces).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -148,9 +148,8 @@ def _useful_flops(function: Callable[[], object]) -> int:
     return counter.get_total_flops()
 
 
-def run(quick: bool = False) -> list[Row]:
-    """Times every case side by side; one row per anchor, with peak memory ratios."""
-    rows = []
+def run(quick: bool = False) -> Iterator[Row]:
+    """Times every case side by side; one row per anchor, with peak memory ratios, as measured."""
     for case in cases(quick):
         names, functions = zip(*case.contestants.items())
         times = time_side_by_side(list(functions), repeats=3 if quick else 5, warmup=1, device=case.device)
@@ -158,8 +157,7 @@ def run(quick: bool = False) -> list[Row]:
         memory = [peak_tensor_bytes(function) for function in functions] if case.device.type == "cpu" else None
         for index in range(1, len(names)):
             note = f"peak memory {memory[0] / max(memory[index], 1):.2f}x of {names[index]}'s" if memory else ""
-            rows.append(Row(
+            yield Row(
                 suite="tp_conv", case=case.name, step=case.step, backend=names[0], anchor=names[index],
                 speedup=times[index] / times[0], gflops=flops / times[0] / 1e9, note=note,
-            ))
-    return rows
+            )
