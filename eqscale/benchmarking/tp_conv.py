@@ -19,7 +19,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from eqscale import backends
-from eqscale.benchmarking._harness import Row, peak_tensor_bytes, time_side_by_side
+from eqscale.benchmarking._harness import Row, matmul_probe, peak_tensor_bytes, time_side_by_side
 from eqscale.ops import tp_conv
 
 LS = (1, 2, 3, 4)
@@ -152,12 +152,16 @@ def run(quick: bool = False) -> Iterator[Row]:
     """Times every case side by side; one row per anchor, with peak memory ratios, as measured."""
     for case in cases(quick):
         names, functions = zip(*case.contestants.items())
-        times = time_side_by_side(list(functions), repeats=3 if quick else 5, warmup=1, device=case.device)
+        probe, probe_flops = matmul_probe(device=case.device)
+        *times, probe_time = time_side_by_side(
+            [*functions, probe], repeats=3 if quick else 5, warmup=1, device=case.device
+        )
         flops = _useful_flops(functions[0])
         memory = [peak_tensor_bytes(function) for function in functions] if case.device.type == "cpu" else None
         for index in range(1, len(names)):
             note = f"peak memory {memory[0] / max(memory[index], 1):.2f}x of {names[index]}'s" if memory else ""
             yield Row(
                 suite="tp_conv", case=case.name, step=case.step, backend=names[0], anchor=names[index],
-                speedup=times[index] / times[0], gflops=flops / times[0] / 1e9, note=note,
+                speedup=times[index] / times[0], gflops=flops / times[0] / 1e9,
+                matmul_gflops=probe_flops / probe_time / 1e9, note=note,
             )
