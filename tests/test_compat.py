@@ -37,8 +37,6 @@ def _torch_cluster_oracle(x, r, batch, loop, max_num_neighbors):
 @pytest.mark.parametrize("loop", [False, True])
 @pytest.mark.parametrize("max_num_neighbors", [32, 3])
 def test_radius_graph_torch_cluster_convention(backend, loop, max_num_neighbors):
-    if backend == "triton":
-        pytest.skip("radius_graph has no Triton backend yet")
     generator = torch.Generator().manual_seed(0)
     x = torch.rand(40, 3, generator=generator) * 3
     batch = torch.repeat_interleave(torch.arange(3), torch.tensor([15, 20, 5]))

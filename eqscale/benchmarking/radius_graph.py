@@ -10,14 +10,15 @@ Cases (``quick``: smaller systems):
 vesin runs with as many threads as torch (``eqscale bench --threads``); matscipy and ASE are
 single-threaded. Every contestant computes ``i, j, S`` (pairs and shifts) and all must find the
 same number of pairs, or the run stops. Targets from the issue: ``diamond`` no slower than vesin
-at 2 threads and >= 3x matscipy; ``molecules`` >= 3x vesin called per structure. On a GPU,
-eqscale-triton runs against vesin's CUDA backend (when the Triton backend exists).
+at 2 threads and >= 3x matscipy; ``molecules`` >= 3x vesin called per structure. On a GPU
+(``torch.cuda.is_available()``), the same cases run on CUDA tensors: eqscale-triton against
+vesin's CUDA backend, through ``vesin_torch`` when it is installed, else through ``vesin``'s own
+``NeighborList``, which takes torch CUDA tensors directly (vesin >= 0.4).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 from collections.abc import Callable
 
 import numpy as np
@@ -78,11 +79,7 @@ def _devices() -> list[tuple[torch.device, str]]:
     devices = []
     if backends.cpu_available():
         devices.append((torch.device("cpu"), "cpu"))
-    if (
-        torch.cuda.is_available()
-        and backends.usable("triton", torch.device("cuda"))
-        and importlib.util.find_spec("eqscale.ops.radius_graph.triton") is not None
-    ):
+    if torch.cuda.is_available() and backends.usable("triton", torch.device("cuda")):
         devices.append((torch.device("cuda"), "triton"))
     return devices
 
@@ -98,18 +95,31 @@ def _ours(positions, cutoff, backend, device, **kwargs) -> Callable[[], int]:
     return run
 
 
-def _periodic_anchors(positions, cell, cutoff, device, threads) -> dict[str, Callable[[], int]]:
-    import vesin  # noqa: PLC0415 - benchmark-only dependencies
+def _vesin_cuda(cutoff: float):
+    """A full vesin neighbour list for torch CUDA tensors (its CUDA backend)."""
+    try:
+        import vesin_torch  # noqa: PLC0415 - optional, benchmark-only
 
-    nl = vesin.NeighborList(cutoff=cutoff, full_list=True, n_threads=threads)
+        return vesin_torch.NeighborList(cutoff=cutoff, full_list=True)
+    except ImportError:
+        import vesin  # noqa: PLC0415
+
+        # vesin's own NeighborList dispatches torch CUDA tensors to its CUDA backend.
+        return vesin.NeighborList(cutoff=cutoff, full_list=True)
+
+
+def _periodic_anchors(positions, cell, cutoff, device, threads) -> dict[str, Callable[[], int]]:
     if device.type == "cuda":
+        nl = _vesin_cuda(cutoff)
         points = torch.as_tensor(positions, dtype=torch.float64, device=device)
         box = torch.as_tensor(cell, dtype=torch.float64, device=device)
         return {"vesin-cuda": lambda: len(nl.compute(points, box, True, "ijS")[0])}
 
+    import vesin  # noqa: PLC0415 - benchmark-only dependencies
     from ase.neighborlist import primitive_neighbor_list  # noqa: PLC0415
     from matscipy.neighbours import neighbour_list  # noqa: PLC0415
 
+    nl = vesin.NeighborList(cutoff=cutoff, full_list=True, n_threads=threads)
     pbc = np.array([True, True, True])
     return {
         "vesin": lambda: len(nl.compute(positions, cell, True, "ijS")[0]),
@@ -119,20 +129,22 @@ def _periodic_anchors(positions, cell, cutoff, device, threads) -> dict[str, Cal
 
 
 def _molecule_anchors(mols, cutoff, device, threads) -> dict[str, Callable[[], int]]:
-    import vesin  # noqa: PLC0415
-
-    nl = vesin.NeighborList(cutoff=cutoff, full_list=True, n_threads=threads)
+    # ASE and matscipy want a non-singular cell even without periodicity. vesin gets the same
+    # boxes on a GPU: a zero box is only documented for its CPU path.
+    boxed = [(m - m.min(0) + cutoff, np.diag(np.ptp(m, 0) + 2 * cutoff)) for m in mols]
     if device.type == "cuda":
-        points = [torch.as_tensor(m, device=device) for m in mols]
-        box = torch.zeros(3, 3, dtype=torch.float64, device=device)
-        return {"vesin-cuda per molecule": lambda: sum(len(nl.compute(p, box, False, "ijS")[0]) for p in points)}
+        nl = _vesin_cuda(cutoff)
+        tensors = [
+            tuple(torch.as_tensor(array, dtype=torch.float64, device=device) for array in pair) for pair in boxed
+        ]
+        return {"vesin-cuda per molecule": lambda: sum(len(nl.compute(p, c, False, "ijS")[0]) for p, c in tensors)}
 
+    import vesin  # noqa: PLC0415
     from ase.neighborlist import primitive_neighbor_list  # noqa: PLC0415
     from matscipy.neighbours import neighbour_list  # noqa: PLC0415
 
+    nl = vesin.NeighborList(cutoff=cutoff, full_list=True, n_threads=threads)
     zero, no_pbc = np.zeros((3, 3)), np.array([False, False, False])
-    # ASE and matscipy want a non-singular cell even without periodicity.
-    boxed = [(m - m.min(0) + cutoff, np.diag(np.ptp(m, 0) + 2 * cutoff)) for m in mols]
     return {
         "vesin per molecule": lambda: sum(len(nl.compute(m, zero, False, "ijS")[0]) for m in mols),
         "matscipy per molecule": lambda: sum(

@@ -5,7 +5,6 @@ image within a bound from the cell's smallest singular value (numpy, float64). F
 must also equal the reference bit for bit (edges, order and shifts).
 """
 
-import importlib.util
 import warnings
 
 import numpy as np
@@ -19,8 +18,6 @@ ase_neighborlist = pytest.importorskip("ase.neighborlist")
 
 
 def _run(backend, *args, **kwargs):
-    if backend == "triton" and importlib.util.find_spec("eqscale.ops.radius_graph.triton") is None:
-        pytest.skip("radius_graph has no Triton backend yet")
     return radius_graph(*args, backend=backend, **kwargs)
 
 
@@ -481,4 +478,151 @@ def test_cpu_op_registration(cpu_extension):
             torch.ones(1, 3, dtype=torch.bool), 1.5, False, -1, False)
     torch.library.opcheck(
         torch.ops.eqscale.radius_graph.default, args, test_utils=("test_schema", "test_faketensor")
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Triton backend: brute force for small systems, cell list for large ones, in one launch
+# ---------------------------------------------------------------------------------------------
+
+
+# The conftest's backend fixture, on Triton only: skips (or fails, when CI requires Triton) where
+# it cannot run.
+triton_only = pytest.mark.parametrize("backend", ["triton"], indirect=True)
+
+
+def _triton_modules():
+    from eqscale._kernels import import_kernels  # noqa: PLC0415 - needs Triton
+    from eqscale.ops.radius_graph import triton as triton_backend  # noqa: PLC0415
+
+    return import_kernels("radius_graph"), triton_backend
+
+
+def _mixed_batch(rng):
+    """Empty systems, single atoms, a tiny skewed cell, a molecule, a periodic box and a slab."""
+    skewed = np.array([[1.1, 0.0, 0.0], [0.9, 0.6, 0.0], [0.7, 0.4, 0.8]])
+    box = np.array([[7.0, 0.5, -0.3], [0.6, 6.5, 0.4], [-0.5, 0.3, 7.2]])
+    slab = np.array([[5.0, 0.0, 0.0], [1.0, 5.5, 0.0], [0.0, 0.0, 0.0]])
+    slab_frac = np.concatenate([rng.uniform(0, 1, (30, 2)), rng.normal(scale=1.0, size=(30, 1))], 1)
+    systems = [
+        (np.zeros((0, 3)), np.eye(3), [True, True, True]),  # empty
+        (np.array([[0.2, 0.1, 0.3]]), skewed, [True, True, True]),  # one atom, many images
+        (np.array([[5.0, 5.0, 5.0]]), np.zeros((3, 3)), [False, False, False]),  # one atom, alone
+        (rng.normal(scale=2.0, size=(14, 3)), np.zeros((3, 3)), [False, False, False]),  # molecule
+        (rng.uniform(-0.5, 1.5, (40, 3)) @ box, box, [True, True, True]),  # unwrapped positions
+        (slab_frac @ (slab + np.diag([0, 0, 1.0])), slab, [True, True, False]),  # slab
+        (np.zeros((0, 3)), np.eye(3), [False, True, False]),  # empty
+    ]
+    pos = torch.tensor(np.concatenate([p for p, _, _ in systems]))
+    batch = torch.repeat_interleave(torch.arange(len(systems)), torch.tensor([len(p) for p, _, _ in systems]))
+    cells = torch.tensor(np.stack([c for _, c, _ in systems]))
+    pbc = torch.tensor([b for _, _, b in systems])
+    return pos, batch, cells, pbc
+
+
+def _spy_on_binning(monkeypatch, triton_backend) -> list:
+    """Records the binning of every Triton radius_graph call."""
+    binnings = []
+    original = triton_backend._bin
+
+    def spy(*args):
+        binnings.append(original(*args))
+        return binnings[-1]
+
+    monkeypatch.setattr(triton_backend, "_bin", spy)
+    return binnings
+
+
+@triton_only
+@pytest.mark.parametrize("small_system_atoms", [0, 10**9], ids=["cell-lists", "brute-force"])
+def test_triton_search_paths_equal_reference(backend, monkeypatch, small_system_atoms):
+    kernels, triton_backend = _triton_modules()
+    monkeypatch.setattr(kernels, "SMALL_SYSTEM_ATOMS", small_system_atoms)
+    binnings = _spy_on_binning(monkeypatch, triton_backend)
+    pos, batch, cells, pbc = _mixed_batch(np.random.default_rng(12))
+    for options in ({}, {"self_interaction": True}, {"half": True}, {"max_num_neighbors": 5}):
+        kwargs = dict(batch=batch, cell=cells, pbc=pbc, return_num_neighbors=True, **options)
+        expected = radius_graph(pos, 2.3, backend="reference", **kwargs)
+        actual = radius_graph(pos, 2.3, backend=backend, **kwargs)
+        for a, e in zip(actual, expected, strict=True):
+            assert torch.equal(a, e), options
+    bins_per_system = binnings[-1].bins.prod(dim=1).tolist()
+    if small_system_atoms == 0:
+        # The molecule, the box and the slab are binned; one atom or a tiny cell is one bin.
+        assert bins_per_system[1] == bins_per_system[2] == 1
+        assert all(count > 1 for count in bins_per_system[3:6]), bins_per_system
+    else:
+        assert set(bins_per_system) == {1}
+
+
+@triton_only
+def test_triton_large_system_takes_the_cell_list(backend, monkeypatch):
+    # Above SMALL_SYSTEM_ATOMS at the default threshold: a real cell list with many bins, next
+    # to a batch of small molecules searched by brute force in the same launch.
+    kernels, triton_backend = _triton_modules()
+    binnings = _spy_on_binning(monkeypatch, triton_backend)
+    rng = np.random.default_rng(13)
+    count = kernels.SMALL_SYSTEM_ATOMS + 72
+    big = torch.tensor(rng.uniform(0, 12.0, (count, 3)))
+    molecules = torch.tensor(rng.normal(scale=1.5, size=(30, 3)))
+    pos = torch.cat([big, molecules])
+    batch = torch.cat([torch.zeros(count, dtype=torch.int64), torch.repeat_interleave(torch.arange(1, 4), 10)])
+    cells = torch.stack([12.0 * torch.eye(3, dtype=torch.float64)] + [torch.zeros(3, 3, dtype=torch.float64)] * 3)
+    pbc = torch.tensor([[True, True, True]] + [[False, False, False]] * 3)
+    kwargs = dict(batch=batch, cell=cells, pbc=pbc, return_num_neighbors=True)
+    expected = radius_graph(pos, 3.0, backend="reference", **kwargs)
+    actual = radius_graph(pos, 3.0, backend=backend, **kwargs)
+    assert all(torch.equal(a, e) for a, e in zip(actual, expected, strict=True))
+    bins = binnings[-1].bins
+    assert bins[0].tolist() == [3, 3, 3] and bins[1:].prod(dim=1).tolist() == [1, 1, 1]
+
+
+@triton_only
+def test_triton_empty_systems_and_single_atoms(backend):
+    cells = torch.stack([torch.eye(3, dtype=torch.float64)] * 3)
+    pbc = torch.tensor([[True, True, True], [False, True, False], [False, False, False]])
+    # No atoms at all, in three systems.
+    edge_index, shifts, counts = radius_graph(
+        torch.zeros(0, 3), 1.5, batch=torch.zeros(0, dtype=torch.int64), cell=cells, pbc=pbc,
+        backend=backend, return_num_neighbors=True,
+    )
+    assert edge_index.shape == (2, 0) and shifts.shape == (0, 3) and counts.shape == (0,)
+    with pytest.raises(ValueError, match="singular"):
+        radius_graph(torch.zeros(0, 3), 1.5, cell=torch.zeros(3, 3), backend=backend)
+    # One atom per system (the middle one empty), each alone with its images.
+    pos = torch.tensor([[0.1, 0.2, 0.3], [0.5, 0.5, 0.5]])
+    batch = torch.tensor([0, 2])
+    for options in ({}, {"self_interaction": True}, {"half": True}):
+        kwargs = dict(batch=batch, cell=cells, pbc=pbc, return_num_neighbors=True, **options)
+        expected = radius_graph(pos, 1.5, backend="reference", **kwargs)
+        actual = radius_graph(pos, 1.5, backend=backend, **kwargs)
+        assert all(torch.equal(a, e) for a, e in zip(actual, expected, strict=True)), options
+    assert actual[2].tolist() == [9, 0]  # with half: 18 images of atom 0 in 1.5, one per pair
+
+
+@triton_only
+def test_triton_exact_at_the_cutoff(backend):
+    # Pairs at the cutoff and one rounding either side of it, far from the origin and unwrapped
+    # by many cells: the float32 search must keep every candidate the float64 test decides.
+    cutoff = 1.7
+    cell = torch.tensor([[3.4, 0.0, 0.0], [0.0, 3.4, 0.0], [0.0, 0.0, 3.4]], dtype=torch.float64)
+    along = torch.tensor([cutoff, np.nextafter(cutoff, 0), np.nextafter(cutoff, 4)], dtype=torch.float64)
+    pairs = []
+    for k, d in enumerate(along.tolist()):
+        start = torch.tensor([0.3 + 0.9 * k, 0.2, 0.1], dtype=torch.float64)
+        pairs += [start, start + torch.tensor([d, 0.0, 0.0], dtype=torch.float64)]
+    pos = torch.stack(pairs) + torch.tensor([1e4, -3e3, 7e3], dtype=torch.float64) @ cell
+    for kwargs in ({"cell": cell}, {}):
+        expected = radius_graph(pos, cutoff, backend="reference", return_num_neighbors=True, **kwargs)
+        actual = radius_graph(pos, cutoff, backend=backend, return_num_neighbors=True, **kwargs)
+        assert all(torch.equal(a, e) for a, e in zip(actual, expected, strict=True))
+
+
+@triton_only
+def test_triton_op_registration(backend):
+    pos = torch.rand(12, 3, dtype=torch.float64) * 4
+    args = (pos, torch.zeros(12, dtype=torch.int64), 4 * torch.eye(3, dtype=torch.float64)[None],
+            torch.ones(1, 3, dtype=torch.bool), 1.5, False, -1, False)
+    torch.library.opcheck(
+        torch.ops.eqscale.radius_graph_triton.default, args, test_utils=("test_schema", "test_faketensor")
     )

@@ -98,6 +98,47 @@ def test_kernels_compile_to_cubin(tmp_path):
     assert stdout.count("compiled ") == 3 * len(CASES), stdout
 
 
+_RADIUS_GRAPH_SCRIPT = """
+import triton
+from triton.backends.compiler import GPUTarget
+
+from eqscale._kernels import import_kernels
+
+kernels = import_kernels("radius_graph")
+kernel = kernels.radius_graph_search_kernel
+block_r, block_s = kernels.block_sizes(interpreted=False)
+for self_interaction, half in FLAGS:
+    signature = {}
+    for name in kernel.arg_names:
+        if name.isupper():
+            signature[name] = "constexpr"
+        elif name in ("cell_ptr", "pos_ptr"):
+            signature[name] = "*fp32"
+        elif name == "image_ptr":
+            signature[name] = "*i32"
+        elif name.endswith("_ptr"):
+            signature[name] = "*i64"
+        elif name == "loose2":
+            signature[name] = "fp32"
+        else:
+            signature[name] = "i32"
+    constexprs = dict(SELF_INTERACTION=self_interaction, HALF=half, BLOCK_R=block_r, BLOCK_S=block_s)
+    source = triton.compiler.ASTSource(kernel, signature=signature, constexprs=constexprs)
+    compiled = triton.compile(source, target=GPUTarget("cuda", CAPABILITY, 32))
+    assert compiled.asm.get("cubin"), "no cubin"
+    print("compiled", self_interaction, half, len(compiled.asm["cubin"]))
+"""
+
+
+@requires_nvidia_toolchain
+def test_radius_graph_kernel_compiles_to_cubin(tmp_path):
+    # The search kernel with each integer filter on and off, at the GPU tile sizes.
+    flags = [(False, False), (False, True), (True, False)]
+    script = f"FLAGS = {flags!r}\nCAPABILITY = 90\n" + textwrap.dedent(_RADIUS_GRAPH_SCRIPT)
+    stdout = _run(script, tmp_path)
+    assert stdout.count("compiled ") == len(flags), stdout
+
+
 _TRACE_SCRIPT = """
 import torch
 import triton

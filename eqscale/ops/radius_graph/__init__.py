@@ -30,8 +30,11 @@ Conventions (the same for every backend; :mod:`.reference` is the spec):
   fine). Without ``cell`` nothing is periodic.
 
 The ``cpu`` backend is a cell list (``csrc/cpu/radius_graph.cpp``) whose cost is linear in the
-number of atoms and edges, whatever the extent of the system. The ``reference`` backend is a brute
-force over all pairs and images, quadratic in the atoms of each system, and runs on any device.
+number of atoms and edges, whatever the extent of the system. The ``triton`` backend
+(:mod:`.triton`, ``kernels/radius_graph.py``) searches a brute force per small system and a cell
+list per large one, all in one launch, on CUDA tensors (or CPU ones under ``TRITON_INTERPRET=1``).
+The ``reference`` backend is a brute force over all pairs and images, quadratic in the atoms of
+each system, and runs on any device.
 """
 
 from __future__ import annotations
@@ -252,9 +255,10 @@ def _cpu_radius_graph(pos, cutoff, batch, cell, pbc, self_interaction, max_num_n
 
 
 def _triton_radius_graph(pos, cutoff, batch, cell, pbc, self_interaction, max_num_neighbors, half):
-    # The one place the Triton backend plugs in (eqscale/ops/radius_graph/triton.py, kernels/radius_graph.py).
-    raise NotImplementedError(
-        "radius_graph has no 'triton' backend yet; use backend='reference' (any device) or 'cpu' (CPU tensors)"
+    # eqscale/ops/radius_graph/triton.py (registered below when Triton is installed).
+    return torch.ops.eqscale.radius_graph_triton.default(
+        pos.contiguous(), batch, cell, pbc, cutoff, self_interaction,
+        -1 if max_num_neighbors is None else max_num_neighbors, half,
     )
 
 
@@ -358,13 +362,19 @@ def _normalise_pbc(pbc, has_cell: bool, num_systems: int, device: torch.device) 
     return pbc
 
 
-if _cpu.load():
+def _radius_graph_fake(pos, batch, cell, pbc, cutoff, self_interaction, max_num_neighbors, half):
+    num_edges = torch.library.get_ctx().new_dynamic_size()
+    return (
+        pos.new_empty((2, num_edges), dtype=torch.int64),
+        pos.new_empty((num_edges, 3), dtype=torch.int64),
+        pos.new_empty((pos.shape[0],), dtype=torch.int64),
+    )
 
-    @torch.library.register_fake(f"eqscale::{_cpu.OP_NAME}")
-    def _radius_graph_fake(pos, batch, cell, pbc, cutoff, self_interaction, max_num_neighbors, half):
-        num_edges = torch.library.get_ctx().new_dynamic_size()
-        return (
-            pos.new_empty((2, num_edges), dtype=torch.int64),
-            pos.new_empty((num_edges, 3), dtype=torch.int64),
-            pos.new_empty((pos.shape[0],), dtype=torch.int64),
-        )
+
+if _cpu.load():
+    torch.library.register_fake(f"eqscale::{_cpu.OP_NAME}")(_radius_graph_fake)
+
+if backends.triton_available():
+    from eqscale.ops.radius_graph import triton as _triton  # noqa: E402 - registers the operator
+
+    torch.library.register_fake(f"eqscale::{_triton.OP_NAME}")(_radius_graph_fake)

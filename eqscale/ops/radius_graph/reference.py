@@ -4,6 +4,8 @@ Every backend must return exactly what :func:`radius_graph` returns here: the sa
 same order, with the same shifts. The pieces a fused backend has to reproduce bit for bit are
 :func:`squared_distances` (the one formula that decides "within the cutoff" and ranks neighbours
 for ``max_num_neighbors``) and :func:`keep_half` (which direction of a pair ``half=True`` keeps).
+A backend that finds a superset of the edges can instead hand it to :func:`select_edges` (the
+decision) and :func:`cut_and_sort` (``max_num_neighbors`` and the order), as the Triton one does.
 
 Inputs arrive validated and normalised by :func:`eqscale.ops.radius_graph.radius_graph`:
 ``batch`` sorted int64, ``cell`` ``(B, 3, 3)`` float64, ``pbc`` ``(B, 3)`` bool.
@@ -198,7 +200,6 @@ def radius_graph(
     ptr = torch.cumsum(atoms_per_system, 0) - atoms_per_system
     per_receiver = atoms_per_system[batch] * (2 * radius[batch] + 1).prod(dim=1)
 
-    cutoff2 = float(cutoff) * float(cutoff)
     found: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = []
     receiver = 0
     while receiver < num_nodes:
@@ -207,12 +208,7 @@ def radius_graph(
         end = receiver + max(1, int(torch.searchsorted(total, _CHUNK, right=True)))
         receivers = torch.arange(receiver, end, device=device)
         src, dst, shifts = _candidates(frac, batch, ptr, pbc, radius, receivers, per_receiver[receiver:end])
-        d2 = squared_distances(pos, src, dst, shifts, cell, batch)
-        is_self = (src == dst) & (shifts == 0).all(dim=1)
-        keep = torch.where(is_self, self_interaction, d2 < cutoff2)
-        if half:
-            keep &= keep_half(src, dst, shifts)
-        found.append((src[keep], dst[keep], shifts[keep], d2[keep]))
+        found.append(select_edges(pos, cell, batch, src, dst, shifts, cutoff, self_interaction, half))
         receiver = end
 
     if found:
@@ -221,6 +217,55 @@ def radius_graph(
         src = dst = torch.zeros(0, dtype=torch.int64, device=device)
         shifts = torch.zeros(0, 3, dtype=torch.int64, device=device)
         d2 = torch.zeros(0, dtype=torch.float64, device=device)
+    return cut_and_sort(src, dst, shifts, d2, num_nodes, max_num_neighbors)
+
+
+def select_edges(
+    pos: torch.Tensor,
+    cell: torch.Tensor,
+    batch: torch.Tensor,
+    src: torch.Tensor,
+    dst: torch.Tensor,
+    shifts: torch.Tensor,
+    cutoff: float,
+    self_interaction: bool,
+    half: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The candidate edges ``(src, dst, shifts)`` that are edges of the spec, with their ``d2``.
+
+    The one decision every backend makes identically: ``d2 < cutoff**2`` by
+    :func:`squared_distances`, except the self pair ``(i, i, 0)``, which is an edge exactly when
+    ``self_interaction``; with ``half``, only the direction :func:`keep_half` keeps. Candidates
+    must be distinct; any superset of the edges gives the same result.
+
+    Returns:
+        ``(src, dst, shifts, d2)`` of the kept candidates, in their given order.
+    """
+    d2 = squared_distances(pos, src, dst, shifts, cell, batch)
+    is_self = (src == dst) & (shifts == 0).all(dim=1)
+    keep = torch.where(is_self, self_interaction, d2 < float(cutoff) * float(cutoff))
+    if half:
+        keep &= keep_half(src, dst, shifts)
+    return src[keep], dst[keep], shifts[keep], d2[keep]
+
+
+def cut_and_sort(
+    src: torch.Tensor,
+    dst: torch.Tensor,
+    shifts: torch.Tensor,
+    d2: torch.Tensor,
+    num_nodes: int,
+    max_num_neighbors: int | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The output of :func:`radius_graph` from all its edges, given in any order.
+
+    Counts each receiver's edges, keeps its ``max_num_neighbors`` nearest (ties to the smaller
+    sender, then shift) and sorts by receiver, sender, shift.
+
+    Returns:
+        ``edge_index`` ``(2, E)``, ``shifts`` ``(E, 3)`` and ``num_neighbors`` ``(N,)``, int64.
+    """
+    device = src.device
     num_neighbors = torch.bincount(dst, minlength=num_nodes)
 
     if max_num_neighbors is not None:
