@@ -7,7 +7,19 @@ Example:
 """
 
 from eqscale.ops.radius_graph import edge_quadruplets, edge_triplets, edge_vectors, radius_graph
+from eqscale.ops.so2_conv import edge_rotate_in, edge_rotate_out_scatter, so2_conv, wigner_d
 from eqscale.ops.spherical_harmonics import spherical_harmonics
 from eqscale.ops.tp_conv import tp_conv
 
-__all__ = ["edge_quadruplets", "edge_triplets", "edge_vectors", "radius_graph", "spherical_harmonics", "tp_conv"]
+__all__ = [
+    "edge_quadruplets",
+    "edge_rotate_in",
+    "edge_rotate_out_scatter",
+    "edge_triplets",
+    "edge_vectors",
+    "radius_graph",
+    "so2_conv",
+    "spherical_harmonics",
+    "tp_conv",
+    "wigner_d",
+]

@@ -1,0 +1,266 @@
+// CPU kernel of the SO(2)-convolution rotations: the operator so2_rotate_contract.
+//
+// It evaluates the trilinear form of eqscale/ops/so2_conv/__init__.py,
+//
+//   F(X, D, Y) = sum_e sum_{l, |m| <= mmax, m', c} Y[e, pos(l, m), c] D_e,l[m, m'] X[index_e, l^2 + l + m', c],
+//
+// with one slot open, i.e. its gradient with respect to that slot:
+//
+//   * open 2 (edge, "rotate in"): Y[e] = D_e X[index_e], rows |m| <= mmax in the m-major order. The
+//     gathered row X[index_e] is read in place; nothing of size E x (L+1)^2 x C is built.
+//   * open 0 (node, "rotate back and scatter"): X[n] = sum over edges with index_e = n of D_e^T Y[e].
+//     Edges are grouped by a stable counting sort (CSR); each node's row is accumulated in
+//     thread-local scratch over its edges in edge order and written once, so the result is the same
+//     for any number of threads and no atomics are needed.
+//   * open 1 (Wigner-D): dD_e,l[m, m'] = sum_c Y[e, pos(l, m), c] X[index_e, l^2 + l + m', c]; rows
+//     with |m| > mmax do not enter F and get zero.
+//
+// Every inner loop runs over the contiguous channel axis (vectorised by the compiler).
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <optional>
+#include <vector>
+
+namespace eqscale {
+namespace {
+
+constexpr const char* kOp = "so2_rotate_contract";
+
+enum Slot : int64_t { kNode = 0, kWigner = 1, kEdge = 2 };
+
+// Position of (l, m) in the m-major edge layout, or -1 when |m| > mmax.
+struct Layout {
+  int64_t lmax, mmax, num_coefficients, num_m, wigner_numel;
+  std::vector<int64_t> wigner_offset;  // per l
+  std::vector<int64_t> position;       // per (l^2 + l + m)
+
+  Layout(int64_t lmax_, int64_t mmax_) : lmax(lmax_), mmax(mmax_) {
+    num_coefficients = (lmax + 1) * (lmax + 1);
+    position.assign(num_coefficients, -1);
+    int64_t p = 0;
+    for (int64_t l = 0; l <= lmax; ++l) position[l * l + l] = p++;
+    for (int64_t m = 1; m <= mmax; ++m) {
+      for (int64_t l = m; l <= lmax; ++l) position[l * l + l + m] = p++;
+      for (int64_t l = m; l <= lmax; ++l) position[l * l + l - m] = p++;
+    }
+    num_m = p;
+    wigner_offset.resize(lmax + 2);
+    wigner_offset[0] = 0;
+    for (int64_t l = 0; l <= lmax; ++l) wigner_offset[l + 1] = wigner_offset[l] + (2 * l + 1) * (2 * l + 1);
+    wigner_numel = wigner_offset[lmax + 1];
+  }
+};
+
+// Channels are processed in blocks of kBlock with the accumulators in a fixed-size local array,
+// which the compiler keeps in vector registers; a channel count that is not a multiple of kBlock
+// runs its tail through the same code with a run-time width.
+constexpr int64_t kBlock = 16;
+
+// y[0:width] = sum_k row[k] x[k * stride : + width]
+template <class S, int64_t W>
+inline void combine_rows(const S* __restrict__ row, int64_t count, const S* __restrict__ x, int64_t stride,
+                         S* __restrict__ y, int64_t width) {
+  S acc[W > 0 ? W : kBlock];
+  const int64_t n = W > 0 ? W : width;
+  for (int64_t j = 0; j < n; ++j) acc[j] = S(0);
+  for (int64_t k = 0; k < count; ++k) {
+    const S coefficient = row[k];
+    const S* __restrict__ xk = x + k * stride;
+    for (int64_t j = 0; j < n; ++j) acc[j] += coefficient * xk[j];
+  }
+  for (int64_t j = 0; j < n; ++j) y[j] = acc[j];
+}
+
+// Y[e] = D_e X[row] for one edge: out (num_m, C), node_row ((L+1)^2, C), wigner (packed blocks).
+template <class S>
+void rotate_in_edge(const Layout& lay, const S* __restrict__ wigner, const S* __restrict__ node_row,
+                    S* __restrict__ out, int64_t channels) {
+  for (int64_t l = 0; l <= lay.lmax; ++l) {
+    const int64_t d = 2 * l + 1, top = std::min(l, lay.mmax);
+    const S* block = wigner + lay.wigner_offset[l];
+    const S* x = node_row + l * l * channels;
+    for (int64_t m = -top; m <= top; ++m) {
+      S* y = out + lay.position[l * l + l + m] * channels;
+      const S* row = block + (m + l) * d;
+      int64_t c = 0;
+      for (; c + kBlock <= channels; c += kBlock) combine_rows<S, kBlock>(row, d, x + c, channels, y + c, kBlock);
+      if (c < channels) combine_rows<S, 0>(row, d, x + c, channels, y + c, channels - c);
+    }
+  }
+}
+
+// acc[0:width] += sum_m column[m * d] y_m[0:width] over the kept rows m of one degree.
+template <class S, int64_t W>
+inline void accumulate_column(const S* __restrict__ column, int64_t d, const int64_t* __restrict__ rows,
+                              int64_t count, const S* __restrict__ edge_row, int64_t channels, S* __restrict__ x,
+                              int64_t width) {
+  S acc[W > 0 ? W : kBlock];
+  const int64_t n = W > 0 ? W : width;
+  for (int64_t j = 0; j < n; ++j) acc[j] = x[j];
+  for (int64_t r = 0; r < count; ++r) {
+    const S coefficient = column[r * d];
+    const S* __restrict__ y = edge_row + rows[r] * channels;
+    for (int64_t j = 0; j < n; ++j) acc[j] += coefficient * y[j];
+  }
+  for (int64_t j = 0; j < n; ++j) x[j] = acc[j];
+}
+
+// acc ((L+1)^2, C) += D_e^T Y[e] for one edge.
+template <class S>
+void rotate_out_edge(const Layout& lay, const S* __restrict__ wigner, const S* __restrict__ edge_row,
+                     S* __restrict__ acc, int64_t channels) {
+  int64_t rows[2 * 64 + 1];
+  for (int64_t l = 0; l <= lay.lmax; ++l) {
+    const int64_t d = 2 * l + 1, top = std::min(l, lay.mmax), count = 2 * top + 1;
+    for (int64_t m = -top; m <= top; ++m) rows[m + top] = lay.position[l * l + l + m];
+    // Column k of the kept rows -top..top of D_l starts at (l - top) * d + k.
+    const S* block = wigner + lay.wigner_offset[l] + (l - top) * d;
+    S* x = acc + l * l * channels;
+    for (int64_t k = 0; k < d; ++k) {
+      S* xk = x + k * channels;
+      int64_t c = 0;
+      for (; c + kBlock <= channels; c += kBlock)
+        accumulate_column<S, kBlock>(block + k, d, rows, count, edge_row + c, channels, xk + c, kBlock);
+      if (c < channels) accumulate_column<S, 0>(block + k, d, rows, count, edge_row + c, channels, xk + c, channels - c);
+    }
+  }
+}
+
+// sum_c y[c] x[c] with kBlock partial sums (a vectorisable reduction without -ffast-math).
+template <class S>
+inline S dot(const S* __restrict__ y, const S* __restrict__ x, int64_t channels) {
+  S part[kBlock] = {};
+  int64_t c = 0;
+  for (; c + kBlock <= channels; c += kBlock)
+    for (int64_t j = 0; j < kBlock; ++j) part[j] += y[c + j] * x[c + j];
+  S total = S(0);
+  for (; c < channels; ++c) total += y[c] * x[c];
+  for (int64_t j = 0; j < kBlock; ++j) total += part[j];
+  return total;
+}
+
+// dD_e = outer products of Y[e] and X[row] over channels, for one edge.
+template <class S>
+void wigner_grad_edge(const Layout& lay, const S* __restrict__ edge_row, const S* __restrict__ node_row,
+                      S* __restrict__ out, int64_t channels) {
+  for (int64_t l = 0; l <= lay.lmax; ++l) {
+    const int64_t d = 2 * l + 1, top = std::min(l, lay.mmax);
+    S* block = out + lay.wigner_offset[l];
+    const S* x = node_row + l * l * channels;
+    for (int64_t m = -l; m <= l; ++m) {
+      S* row = block + (m + l) * d;
+      if (m < -top || m > top) {
+        for (int64_t k = 0; k < d; ++k) row[k] = S(0);
+        continue;
+      }
+      const S* y = edge_row + lay.position[l * l + l + m] * channels;
+      for (int64_t k = 0; k < d; ++k) row[k] = dot(y, x + k * channels, channels);
+    }
+  }
+}
+
+template <class S>
+at::Tensor contract(const at::Tensor& node, const at::Tensor& wigner, const at::Tensor& edge, const int64_t* index,
+                    int64_t num_edges, int64_t num_nodes, int64_t open_slot, const Layout& lay, int64_t channels,
+                    const at::TensorOptions& options) {
+  const int64_t node_stride = lay.num_coefficients * channels, edge_stride = lay.num_m * channels;
+  if (open_slot == kEdge) {
+    at::Tensor out = at::empty({num_edges, lay.num_m, channels}, options);
+    const S* w = wigner.data_ptr<S>();
+    const S* x = node.data_ptr<S>();
+    S* y = out.data_ptr<S>();
+    at::parallel_for(0, num_edges, 16, [&](int64_t begin, int64_t end) {
+      for (int64_t e = begin; e < end; ++e)
+        rotate_in_edge<S>(lay, w + e * lay.wigner_numel, x + index[e] * node_stride, y + e * edge_stride, channels);
+    });
+    return out;
+  }
+  if (open_slot == kWigner) {
+    at::Tensor out = at::empty({num_edges, lay.wigner_numel}, options);
+    const S* x = node.data_ptr<S>();
+    const S* y = edge.data_ptr<S>();
+    S* dw = out.data_ptr<S>();
+    at::parallel_for(0, num_edges, 16, [&](int64_t begin, int64_t end) {
+      for (int64_t e = begin; e < end; ++e)
+        wigner_grad_edge<S>(lay, y + e * edge_stride, x + index[e] * node_stride, dw + e * lay.wigner_numel, channels);
+    });
+    return out;
+  }
+  // open_slot == kNode: stable counting sort of the edges by destination row (CSR).
+  std::vector<int64_t> start(num_nodes + 1, 0), order(num_edges);
+  for (int64_t e = 0; e < num_edges; ++e) ++start[index[e] + 1];
+  for (int64_t n = 0; n < num_nodes; ++n) start[n + 1] += start[n];
+  {
+    std::vector<int64_t> fill(start.begin(), start.end() - 1);
+    for (int64_t e = 0; e < num_edges; ++e) order[fill[index[e]]++] = e;
+  }
+  at::Tensor out = at::empty({num_nodes, lay.num_coefficients, channels}, options);
+  const S* w = wigner.data_ptr<S>();
+  const S* y = edge.data_ptr<S>();
+  S* x = out.data_ptr<S>();
+  at::parallel_for(0, num_nodes, 8, [&](int64_t begin, int64_t end) {
+    std::vector<S> acc(node_stride);
+    for (int64_t n = begin; n < end; ++n) {
+      std::fill(acc.begin(), acc.end(), S(0));
+      for (int64_t k = start[n]; k < start[n + 1]; ++k) {
+        const int64_t e = order[k];
+        rotate_out_edge<S>(lay, w + e * lay.wigner_numel, y + e * edge_stride, acc.data(), channels);
+      }
+      std::copy(acc.begin(), acc.end(), x + n * node_stride);
+    }
+  });
+  return out;
+}
+
+void check_float(const char* name, const at::Tensor& t, at::ScalarType dtype, at::IntArrayRef shape) {
+  TORCH_CHECK(t.device().is_cpu(), kOp, ": ", name, " must be a CPU tensor, got device ", t.device());
+  TORCH_CHECK(t.scalar_type() == dtype, kOp, ": ", name, " must have dtype ", dtype, ", got ", t.scalar_type());
+  TORCH_CHECK(t.sizes() == shape, kOp, ": ", name, " must have shape ", shape, ", got ", t.sizes());
+  TORCH_CHECK(t.is_contiguous(), kOp, ": ", name, " must be contiguous");
+}
+
+at::Tensor so2_rotate_contract(const std::optional<at::Tensor>& node_in, const std::optional<at::Tensor>& wigner_in,
+                               const std::optional<at::Tensor>& edge_in, const at::Tensor& index, int64_t num_nodes,
+                               int64_t open_slot, int64_t lmax, int64_t mmax) {
+  TORCH_CHECK(open_slot >= kNode && open_slot <= kEdge, kOp, ": open_slot must be 0, 1 or 2, got ", open_slot);
+  TORCH_CHECK(lmax >= 0 && mmax >= 0 && mmax <= lmax, kOp, ": need 0 <= mmax <= lmax, got lmax=", lmax, ", mmax=", mmax);
+  TORCH_CHECK(lmax <= 64, kOp, ": lmax must be <= 64, got ", lmax);
+  const at::Tensor slots[3] = {node_in.value_or(at::Tensor()), wigner_in.value_or(at::Tensor()),
+                               edge_in.value_or(at::Tensor())};
+  for (int64_t s = 0; s < 3; ++s)
+    TORCH_CHECK(slots[s].defined() == (s != open_slot), kOp, ": slot ", s,
+                s == open_slot ? " is the open slot and must be None" : " must be given");
+  TORCH_CHECK(index.device().is_cpu() && index.scalar_type() == at::kLong && index.dim() == 1 && index.is_contiguous(),
+              kOp, ": index must be a contiguous 1D int64 CPU tensor");
+  TORCH_CHECK(num_nodes >= 0, kOp, ": num_nodes must be >= 0");
+  const Layout lay(lmax, mmax);
+  const int64_t num_edges = index.size(0);
+  const at::Tensor& any = slots[open_slot == kNode ? kWigner : kNode];
+  const at::ScalarType dtype = any.scalar_type();
+  const int64_t channels = (open_slot == kNode ? slots[kEdge] : slots[kNode]).size(-1);
+  const int64_t node_rows = open_slot == kNode ? num_nodes : slots[kNode].size(0);
+  if (slots[kNode].defined()) check_float("node", slots[kNode], dtype, {node_rows, lay.num_coefficients, channels});
+  if (slots[kWigner].defined()) check_float("wigner", slots[kWigner], dtype, {num_edges, lay.wigner_numel});
+  if (slots[kEdge].defined()) check_float("edge", slots[kEdge], dtype, {num_edges, lay.num_m, channels});
+  const int64_t* idx = index.data_ptr<int64_t>();
+  for (int64_t e = 0; e < num_edges; ++e)
+    TORCH_CHECK(idx[e] >= 0 && idx[e] < node_rows, kOp, ": index[", e, "] = ", idx[e], " out of range [0, ", node_rows, ")");
+
+  const at::TensorOptions options = at::TensorOptions().dtype(dtype).device(at::kCPU);
+  at::Tensor out;
+  AT_DISPATCH_FLOATING_TYPES(dtype, "so2_rotate_contract", [&] {
+    out = contract<scalar_t>(slots[kNode], slots[kWigner], slots[kEdge], idx, num_edges, node_rows, open_slot, lay,
+                             channels, options);
+  });
+  return out;
+}
+
+}  // namespace
+}  // namespace eqscale
+
+TORCH_LIBRARY_IMPL(eqscale, CPU, m) { m.impl("so2_rotate_contract", &eqscale::so2_rotate_contract); }
