@@ -290,13 +290,14 @@ PARITY_CASES = {
 }
 
 
-@pytest.mark.parametrize("backend", ["cpu", "triton"], indirect=True)
-@pytest.mark.parametrize("case", range(4))
+@pytest.mark.parametrize(
+    ("backend", "case"),
+    [(name, case) for name, cases in PARITY_CASES.items() for case in cases],
+    indirect=["backend"],
+)
 def test_backend_parity(backend, case):
     _require_fused(backend)
-    if case >= len(PARITY_CASES[backend]):
-        pytest.skip("fewer cases for this backend")
-    lmax, mmax, dtype = PARITY_CASES[backend][case]
+    lmax, mmax, dtype = case
     num_nodes, num_edges, channels = (3, 4, 3) if backend == "triton" else (5, 9, 3)
     x, edge_vec, edge_index, w, radial = _problem(
         lmax, mmax, channels, 2, num_nodes=num_nodes, num_edges=num_edges, seed=lmax, dtype=dtype

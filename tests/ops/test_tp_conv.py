@@ -85,12 +85,22 @@ def _size(backend):
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("case", [case for case in CASES if case != "l4"])
 def test_matches_e3nn_to_double_backward(backend, case, dtype):
-    if backend == "triton" and case == "l4":
-        # Minutes per case in Triton's interpreter; the Triton kernel's l=4 path is checked against
-        # the reference in tests/ops/test_tp_conv_triton_kernel.py instead.
-        pytest.skip("l=4 e3nn parity runs on reference and cpu; triton's l=4 is covered by its kernel tests")
+    _check_e3nn_to_double_backward(backend, case, dtype)
+
+
+# l=4 takes minutes per case in Triton's interpreter; the Triton kernel's l=4 path is checked
+# against the reference in tests/ops/test_tp_conv_triton_kernel.py instead.
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("backend_name", ["reference", "cpu"])
+def test_matches_e3nn_to_double_backward_l4(request, backend_name, dtype):
+    if backend_name == "cpu":
+        request.getfixturevalue("cpu_extension")
+    _check_e3nn_to_double_backward(backend_name, "l4", dtype)
+
+
+def _check_e3nn_to_double_backward(backend, case, dtype):
     irreps_in, irreps_sh, irreps_out, instructions = CASES[case]
     plan = plan_tensor_product(irreps_in, irreps_sh, irreps_out, instructions)
     num_nodes, num_edges = _size(backend)
