@@ -11,6 +11,8 @@ from typing import Any
 
 import torch
 
+from eqscale import backends
+
 SUITES = {
     "spherical_harmonics": "eqscale.benchmarking.spherical_harmonics",
     "radius_graph": "eqscale.benchmarking.radius_graph",
@@ -73,6 +75,16 @@ def time_side_by_side(
             _synchronize(device)
             samples[index].append(time.perf_counter() - start)
     return [statistics.median(times) for times in samples]
+
+
+def fused_devices() -> list[tuple[torch.device, str]]:
+    """The (device, fused backend) pairs usable here: the C++ backend on CPU, Triton on a GPU."""
+    devices = []
+    if backends.cpu_available():
+        devices.append((torch.device("cpu"), "cpu"))
+    if torch.cuda.is_available() and backends.usable("triton", torch.device("cuda")):
+        devices.append((torch.device("cuda"), "triton"))
+    return devices
 
 
 def matmul_probe(

@@ -24,8 +24,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from eqscale import backends
-from eqscale.benchmarking._harness import Row, time_side_by_side
+from eqscale.benchmarking._harness import Row, fused_devices, time_side_by_side
 from eqscale.ops.radius_graph import radius_graph
 
 TARGETS = {("diamond", "vesin"): 1.0, ("diamond", "matscipy"): 3.0, ("molecules", "vesin"): 3.0}
@@ -73,15 +72,6 @@ def molecules(count: int, seed: int = 0) -> list[np.ndarray]:
                 atoms.append(candidate)
         result.append(np.array(atoms))
     return result
-
-
-def _devices() -> list[tuple[torch.device, str]]:
-    devices = []
-    if backends.cpu_available():
-        devices.append((torch.device("cpu"), "cpu"))
-    if torch.cuda.is_available() and backends.usable("triton", torch.device("cuda")):
-        devices.append((torch.device("cuda"), "triton"))
-    return devices
 
 
 def _ours(positions, cutoff, backend, device, **kwargs) -> Callable[[], int]:
@@ -165,7 +155,7 @@ def cases(quick: bool = False) -> list[Case]:
     tiny = np.array([[0.1, 0.2, 0.3], [1.9, 0.8, 0.9]])
 
     result = []
-    for device, backend in _devices():
+    for device, backend in fused_devices():
         for cutoff in (3.0, 6.0):
             result.append(
                 Case(

@@ -13,8 +13,7 @@ from collections.abc import Callable
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from eqscale import backends
-from eqscale.benchmarking._harness import Row, time_side_by_side
+from eqscale.benchmarking._harness import Row, fused_devices, time_side_by_side
 from eqscale.ops.spherical_harmonics import spherical_harmonics
 
 LMAXES = (2, 4, 6, 8)
@@ -49,22 +48,13 @@ def _step(function: Callable[[torch.Tensor], torch.Tensor], vectors: torch.Tenso
     return run_backward
 
 
-def _devices() -> list[tuple[torch.device, str]]:
-    devices = []
-    if backends.cpu_available():
-        devices.append((torch.device("cpu"), "cpu"))
-    if torch.cuda.is_available() and backends.usable("triton", torch.device("cuda")):
-        devices.append((torch.device("cuda"), "triton"))
-    return devices
-
-
 def cases(quick: bool = False) -> list[Case]:
     """The benchmark cases on every device with a fused backend here."""
     import e3nn.o3  # noqa: PLC0415 - benchmark-only dependency
 
     num_vectors = 20_000 if quick else 100_000
     result = []
-    for device, backend in _devices():
+    for device, backend in fused_devices():
         vectors = torch.randn(num_vectors, 3, generator=torch.Generator().manual_seed(0)).to(device)
         for lmax in LMAXES:
             degrees = list(range(lmax + 1))

@@ -18,8 +18,7 @@ from collections.abc import Callable, Iterator
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from eqscale import backends
-from eqscale.benchmarking._harness import Row, matmul_probe, peak_tensor_bytes, time_side_by_side
+from eqscale.benchmarking._harness import Row, fused_devices, matmul_probe, peak_tensor_bytes, time_side_by_side
 from eqscale.ops import tp_conv
 
 LS = (1, 2, 3, 4)
@@ -82,20 +81,11 @@ def _step(convolution: Callable[..., torch.Tensor], inputs: tuple[torch.Tensor, 
     return backward
 
 
-def _devices() -> list[tuple[torch.device, str]]:
-    devices = []
-    if backends.cpu_available():
-        devices.append((torch.device("cpu"), "cpu"))
-    if torch.cuda.is_available() and backends.usable("triton", torch.device("cuda")):
-        devices.append((torch.device("cuda"), "triton"))
-    return devices
-
-
 def cases(quick: bool = False) -> list[Case]:
     """Every configuration on every device with a fused backend here."""
     num_nodes, num_edges = (200, 3_000) if quick else (1_000, 30_000)
     result = []
-    for device, backend in _devices():
+    for device, backend in fused_devices():
         for lmax in LS[:2] if quick else LS:
             for mul in MULS[:1] if quick else MULS:
                 ours, theirs_e3nn, theirs_cue = _modules(lmax, mul, device, backend)
