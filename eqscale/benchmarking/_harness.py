@@ -87,6 +87,35 @@ def fused_devices() -> list[tuple[torch.device, str]]:
     return devices
 
 
+def step_function(
+    convolution: Callable[..., torch.Tensor], inputs: tuple[torch.Tensor, ...], step: str
+) -> Callable[[], object]:
+    """A zero-argument callable running one benchmark step of ``convolution(*inputs)``.
+
+    Steps: ``forward`` (no grad); ``forward+backward`` (gradients of every input);
+    ``forward+backward+double-backward`` (the backward with ``create_graph=True`` and a backward
+    through it, as in training on forces).
+    """
+    if step == "forward":
+
+        def forward():
+            with torch.no_grad():
+                return convolution(*inputs)
+
+        return forward
+    leaves = tuple(t.detach().requires_grad_(True) for t in inputs)
+
+    def backward():
+        out = convolution(*leaves)
+        grads = torch.autograd.grad(out, leaves, torch.ones_like(out), create_graph=step != "forward+backward")
+        if step == "forward+backward":
+            return grads
+        second = sum(g.sum() for g in grads)
+        return torch.autograd.grad(second, leaves)
+
+    return backward
+
+
 def matmul_probe(
     size: int = 1024, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"
 ) -> tuple[Callable[[], object], int]:

@@ -25,8 +25,7 @@ from collections.abc import Callable, Iterator
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from eqscale import backends
-from eqscale.benchmarking._harness import Row, matmul_probe, time_side_by_side
+from eqscale.benchmarking._harness import Row, fused_devices, matmul_probe, step_function, time_side_by_side
 from eqscale.ops.so2_conv import _CPU_KERNELS, _TRITON_KERNELS, num_radial, so2_conv, so2_weight_numel
 
 LS = (2, 4, 6)
@@ -46,30 +45,9 @@ class Case:
     contestants: dict[str, Callable[[], object]]  # first entry: eqscale
 
 
-def _step(convolution: Callable[..., torch.Tensor], inputs: tuple[torch.Tensor, ...], step: str):
-    if step == "forward":
-
-        def forward():
-            with torch.no_grad():
-                return convolution(*inputs)
-
-        return forward
-    leaves = tuple(t.detach().requires_grad_(True) for t in inputs)
-
-    def backward():
-        out = convolution(*leaves)
-        return torch.autograd.grad(out, leaves, torch.ones_like(out))
-
-    return backward
-
-
 def _devices() -> list[tuple[torch.device, str]]:
-    devices = []
-    if backends.cpu_available() and _CPU_KERNELS:
-        devices.append((torch.device("cpu"), "cpu"))
-    if torch.cuda.is_available() and backends.usable("triton", torch.device("cuda")) and _TRITON_KERNELS:
-        devices.append((torch.device("cuda"), "triton"))
-    return devices
+    available = {"cpu": _CPU_KERNELS, "triton": _TRITON_KERNELS}
+    return [(device, backend) for device, backend in fused_devices() if available[backend]]
 
 
 def _inputs(lmax, mmax, channels, num_nodes, num_edges, device):
@@ -127,12 +105,12 @@ def cases(quick: bool = False) -> list[Case]:
                 name = f"L={lmax}, mmax={mmax}, C={channels}, N={num_nodes}, E={num_edges}, {device.type}"
                 for step in STEPS:
                     contestants = {
-                        f"eqscale-{backend}": _step(ours, inputs, step),
-                        "reference": _step(reference, inputs, step),
+                        f"eqscale-{backend}": step_function(ours, inputs, step),
+                        "reference": step_function(reference, inputs, step),
                     }
                     if mmax == lmax and lmax <= TP_CONV_MAX_L and step == "forward":
                         tp, tp_weights = _tp_conv_contestant(lmax, channels, num_nodes, edge_index, inputs[1], backend)
-                        contestants[f"tp_conv (eqscale-{backend})"] = _step(
+                        contestants[f"tp_conv (eqscale-{backend})"] = step_function(
                             tp, (inputs[0], inputs[1], tp_weights), step
                         )
                     result.append(Case(name=name, step=step, device=device, contestants=contestants))

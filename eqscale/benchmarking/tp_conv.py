@@ -18,7 +18,14 @@ from collections.abc import Callable, Iterator
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from eqscale.benchmarking._harness import Row, fused_devices, matmul_probe, peak_tensor_bytes, time_side_by_side
+from eqscale.benchmarking._harness import (
+    Row,
+    fused_devices,
+    matmul_probe,
+    peak_tensor_bytes,
+    step_function,
+    time_side_by_side,
+)
 from eqscale.ops import tp_conv
 
 LS = (1, 2, 3, 4)
@@ -60,27 +67,6 @@ def _modules(lmax: int, mul: int, device: torch.device, backend: str):
     return ours, theirs_e3nn, theirs_cue
 
 
-def _step(convolution: Callable[..., torch.Tensor], inputs: tuple[torch.Tensor, ...], step: str):
-    if step == "forward":
-
-        def forward():
-            with torch.no_grad():
-                return convolution(*inputs)
-
-        return forward
-    leaves = tuple(t.detach().requires_grad_(True) for t in inputs)
-
-    def backward():
-        out = convolution(*leaves)
-        grads = torch.autograd.grad(out, leaves, torch.ones_like(out), create_graph=step != "forward+backward")
-        if step == "forward+backward":
-            return grads
-        second = sum(g.sum() for g in grads)
-        return torch.autograd.grad(second, leaves)
-
-    return backward
-
-
 def cases(quick: bool = False) -> list[Case]:
     """Every configuration on every device with a fused backend here."""
     num_nodes, num_edges = (200, 3_000) if quick else (1_000, 30_000)
@@ -115,9 +101,9 @@ def cases(quick: bool = False) -> list[Case]:
                         step=step,
                         device=device,
                         contestants={
-                            f"eqscale-{backend}": _step(eqscale_conv, (x, sh, w), step),
-                            "e3nn": _step(e3nn_conv, (x, sh, w), step),
-                            "cuequivariance": _step(cue_conv, (x, sh, w), step),
+                            f"eqscale-{backend}": step_function(eqscale_conv, (x, sh, w), step),
+                            "e3nn": step_function(e3nn_conv, (x, sh, w), step),
+                            "cuequivariance": step_function(cue_conv, (x, sh, w), step),
                         },
                     ))
     return result
