@@ -5,18 +5,12 @@ NVIDIA toolchain down to a cubin (sm_90), in a subprocess without ``TRITON_INTER
 dtypes and the largest tiles the launcher picks for ``lmax <= 15``.
 """
 
-import os
-import subprocess
-import sys
-import textwrap
-from pathlib import Path
 
 import pytest
 
 triton = pytest.importorskip("triton")
 pytestmark = pytest.mark.triton
 
-REPO = Path(__file__).resolve().parents[2]
 
 _SCRIPT = """
 import triton
@@ -47,21 +41,6 @@ for name in ("rotate_in_kernel", "rotate_out_kernel", "wigner_grad_kernel"):
 """
 
 
-def _nvidia_backend_available() -> bool:
-    try:
-        from triton.backends import backends  # noqa: PLC0415
-    except ImportError:
-        return False
-    return "nvidia" in backends
-
-
-@pytest.mark.skipif(not _nvidia_backend_available(), reason="this Triton build has no NVIDIA backend")
-def test_kernels_compile_to_cubin(tmp_path):
-    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
-    env["TRITON_CACHE_DIR"] = str(tmp_path / "triton-cache")  # really compile; keep ~/.triton clean
-    result = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(_SCRIPT)], cwd=REPO, env=env, capture_output=True, text=True,
-        timeout=600,
-    )  # fmt: skip
-    assert result.returncode == 0, f"stdout:\n{result.stdout}\nstderr:\n{result.stderr[-6000:]}"
-    assert result.stdout.count("compiled ") == 6, result.stdout
+def test_kernels_compile_to_cubin(run_compiled):
+    stdout = run_compiled(_SCRIPT)
+    assert stdout.count("compiled ") == 6, stdout

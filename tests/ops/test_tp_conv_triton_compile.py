@@ -8,11 +8,7 @@ sees it on a GPU: one captured kernel launch per call, writing only its output, 
 data-dependent shapes in the launcher (the deterministic CSR and the path groups included).
 """
 
-import os
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 
@@ -20,7 +16,6 @@ triton = pytest.importorskip("triton")
 
 pytestmark = pytest.mark.triton
 
-REPO = Path(__file__).resolve().parents[2]
 
 # (OPEN, LAYOUT, SEGMENTS, ATOMIC, dtype): every open slot, both layouts, every way of walking
 # edges and both ways of writing, both dtypes, in five compilations (each takes seconds).
@@ -31,36 +26,6 @@ VARIANTS = [
     (1, 1, 0, False, "fp32"),
     (2, 0, 2, True, "fp64"),
 ]
-
-
-def _nvidia_backend_available() -> bool:
-    try:
-        from triton.backends import backends
-    except ImportError:
-        return False
-    return "nvidia" in backends
-
-
-requires_nvidia_toolchain = pytest.mark.skipif(
-    not _nvidia_backend_available(), reason="this Triton build has no NVIDIA backend"
-)
-
-
-def _run(script: str, tmp_path: Path, timeout: float = 600) -> str:
-    """Runs ``script`` in a fresh interpreter without TRITON_INTERPRET; returns its stdout."""
-    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
-    # A fresh cache, so that the kernel really is compiled (and nothing lands in ~/.triton).
-    env["TRITON_CACHE_DIR"] = str(tmp_path / "triton-cache")
-    result = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(script)],
-        cwd=REPO,  # the working tree's eqscale when it is not installed
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    assert result.returncode == 0, f"stdout:\n{result.stdout}\nstderr:\n{result.stderr[-6000:]}"
-    return result.stdout
 
 
 _COMPILE_SCRIPT = """
@@ -95,11 +60,10 @@ for open_slot, layout, segments, atomic, dtype in VARIANTS:
 """
 
 
-@requires_nvidia_toolchain
-def test_kernel_compiles_to_cubin(tmp_path):
+def test_kernel_compiles_to_cubin(run_compiled):
     # sm_90 (H100), the largest tiles the launcher picks.
     script = f"VARIANTS = {VARIANTS!r}\nCAPABILITY = 90\n" + textwrap.dedent(_COMPILE_SCRIPT)
-    stdout = _run(script, tmp_path)
+    stdout = run_compiled(script)
     assert stdout.count("compiled ") == len(VARIANTS), stdout
 
 
@@ -175,9 +139,8 @@ print(graphs[0])
 """
 
 
-@requires_nvidia_toolchain
-def test_triton_op_traces_into_graph(tmp_path):
-    stdout = _run(_TRACE_SCRIPT, tmp_path)
+def test_triton_op_traces_into_graph(run_compiled):
+    stdout = run_compiled(_TRACE_SCRIPT)
     assert "[(5, 17), (5, 17), (5, 8), (9, 5), (9, 16), (16,)]" in stdout, stdout
     # Each call decomposes into its kernel launch, which writes only the fresh output: no input
     # is cloned or mutated (that would mean torch failed to analyse the kernel).

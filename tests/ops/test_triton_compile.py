@@ -8,11 +8,7 @@ without ``TRITON_INTERPRET``. No driver or device is needed for that. They also 
 only their outputs written.
 """
 
-import os
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 
@@ -20,41 +16,10 @@ triton = pytest.importorskip("triton")
 
 pytestmark = pytest.mark.triton
 
-REPO = Path(__file__).resolve().parents[2]
 
 # Both dtypes, the empty recursion (lmax 0) and the general one; small degrees, because compile
 # time grows fast with lmax (the recursion is unrolled).
 CASES = [(0, "fp64"), (2, "fp32")]
-
-
-def _nvidia_backend_available() -> bool:
-    try:
-        from triton.backends import backends
-    except ImportError:
-        return False
-    return "nvidia" in backends
-
-
-requires_nvidia_toolchain = pytest.mark.skipif(
-    not _nvidia_backend_available(), reason="this Triton build has no NVIDIA backend"
-)
-
-
-def _run(script: str, tmp_path: Path, timeout: float = 600) -> str:
-    """Runs ``script`` in a fresh interpreter without TRITON_INTERPRET; returns its stdout."""
-    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
-    # A fresh cache, so that the kernels really are compiled (and nothing lands in ~/.triton).
-    env["TRITON_CACHE_DIR"] = str(tmp_path / "triton-cache")
-    result = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(script)],
-        cwd=REPO,  # the working tree's eqscale when it is not installed
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    assert result.returncode == 0, f"stdout:\n{result.stdout}\nstderr:\n{result.stderr[-6000:]}"
-    return result.stdout
 
 
 _COMPILE_SCRIPT = """
@@ -90,11 +55,10 @@ for lmax, dtype in CASES:
 """
 
 
-@requires_nvidia_toolchain
-def test_kernels_compile_to_cubin(tmp_path):
+def test_kernels_compile_to_cubin(run_compiled):
     # sm_90 (H100); what differs for sm_80 lies below these kernels' simple loads and stores.
     script = f"CASES = {CASES!r}\nCAPABILITY = 90\n" + textwrap.dedent(_COMPILE_SCRIPT)
-    stdout = _run(script, tmp_path)
+    stdout = run_compiled(script)
     assert stdout.count("compiled ") == 3 * len(CASES), stdout
 
 
@@ -130,12 +94,11 @@ for self_interaction, half in FLAGS:
 """
 
 
-@requires_nvidia_toolchain
-def test_radius_graph_kernel_compiles_to_cubin(tmp_path):
+def test_radius_graph_kernel_compiles_to_cubin(run_compiled):
     # The search kernel with each integer filter on and off, at the GPU tile sizes.
     flags = [(False, False), (False, True), (True, False)]
     script = f"FLAGS = {flags!r}\nCAPABILITY = 90\n" + textwrap.dedent(_RADIUS_GRAPH_SCRIPT)
-    stdout = _run(script, tmp_path)
+    stdout = run_compiled(script)
     assert stdout.count("compiled ") == len(flags), stdout
 
 
@@ -193,9 +156,8 @@ print(graphs[0])
 """
 
 
-@requires_nvidia_toolchain
-def test_triton_ops_trace_into_graph(tmp_path):
-    stdout = _run(_TRACE_SCRIPT, tmp_path)
+def test_triton_ops_trace_into_graph(run_compiled):
+    stdout = run_compiled(_TRACE_SCRIPT)
     assert "[(10, 16), (10, 3), (10, 16), (10, 3)]" in stdout, stdout
     # Each operator decomposes into its kernel launch (what lets inductor schedule it) ...
     assert stdout.count("triton_kernel_wrapper_functional(") == 3, stdout
