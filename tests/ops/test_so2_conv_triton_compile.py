@@ -5,7 +5,6 @@ NVIDIA toolchain down to a cubin (sm_90), in a subprocess without ``TRITON_INTER
 dtypes and the largest tiles the launcher picks for ``lmax <= 15``.
 """
 
-
 import pytest
 
 triton = pytest.importorskip("triton")
