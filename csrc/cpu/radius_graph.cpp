@@ -200,12 +200,14 @@ struct Candidate {
   double d2;
 };
 
-// A bin within reach of a receiver bin, through one periodic image.
+// A run of bins within reach of a receiver bin, through one periodic image, whose atoms are
+// contiguous in sorted order (neighbouring bins along the fastest bin axis, usually).
 struct Neighbour {
   int64_t t0, n;     // its atoms, in sorted order
-  int64_t image[3];  // periodic image of the bin, in cells
+  int64_t image[3];  // periodic image of the bins, in cells
   double offset[3];  // image @ cell
-  double j[3];       // unwrapped bin coordinates
+  double lo[3];      // unwrapped bin coordinates: the run spans [lo, hi + 1) along each axis
+  double hi[3];
 };
 
 struct Entry {
@@ -631,9 +633,22 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> radius_graph_impl(const at::Tenso
           nb.image[0] = sx;
           nb.image[1] = sy;
           nb.image[2] = sz;
-          nb.j[0] = static_cast<double>(jx);
-          nb.j[1] = static_cast<double>(jy);
-          nb.j[2] = static_cast<double>(jz);
+          const double j[3] = {static_cast<double>(jx), static_cast<double>(jy), static_cast<double>(jz)};
+          // With ~5 atoms per bin the per-bin overhead outweighs the distance tests: a bin whose
+          // atoms directly follow the previous entry's, through the same image, extends it (the
+          // run's atoms are exactly those of its bins; its bounding box keeps the gap a bound).
+          if (!stencil.empty()) {
+            Neighbour& last = stencil.back();
+            if (last.t0 + last.n == nb.t0 && last.image[0] == sx && last.image[1] == sy && last.image[2] == sz) {
+              last.n += nb.n;
+              for (int k = 0; k < 3; ++k) {
+                last.lo[k] = std::min(last.lo[k], j[k]);
+                last.hi[k] = std::max(last.hi[k], j[k]);
+              }
+              continue;
+            }
+          }
+          for (int k = 0; k < 3; ++k) nb.lo[k] = nb.hi[k] = j[k];
           for (int c = 0; c < 3; ++c)
             nb.offset[c] = static_cast<double>(sx) * sys.cell[0][c] + static_cast<double>(sy) * sys.cell[1][c] +
                            static_cast<double>(sz) * sys.cell[2][c];
@@ -657,25 +672,24 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> radius_graph_impl(const at::Tenso
       // on the length of any edge into it, and the exact box distance in orthogonal cells.
       double gap[3];
       for (int k = 0; k < 3; ++k)
-        gap[k] = std::max({0.0, nb.j[k] - ua[k], ua[k] - (nb.j[k] + 1.0)}) * sys.bin_length[k];
+        gap[k] = std::max({0.0, nb.lo[k] - ua[k], ua[k] - (nb.hi[k] + 1.0)}) * sys.bin_length[k];
       if (sys.orthogonal ? gap[0] * gap[0] + gap[1] * gap[1] + gap[2] * gap[2] > reach_cutoff2
                          : std::max({gap[0], gap[1], gap[2]}) > reach_cutoff)
         continue;
       // The receiver seen from the sender's image: wrapped_a - (wrapped_b + image @ cell).
       const double rel[3] = {pa[0] - nb.offset[0], pa[1] - nb.offset[1], pa[2] - nb.offset[2]};
       const int64_t t0 = nb.t0, n = nb.n;
-      // Distances and a bit mask of the candidates within reach, in one pass that vectorises;
-      // then a walk over the set bits. Hits are too unpredictable to branch on per candidate.
+      // Distances, a bit mask of the candidates within reach, then a walk over the set bits. Hits are too unpredictable to branch on per candidate.
       for (int64_t block = 0; block < n; block += 64) {
         const int64_t width = std::min<int64_t>(64, n - block);
         const int64_t tb = t0 + block;
-        uint64_t mask = 0;
+        // Two loops: the first is pure arithmetic and vectorises; fused with the mask, it did not.
         for (int64_t i = 0; i < width; ++i) {
           const double vx = rel[0] - wx[tb + i], vy = rel[1] - wy[tb + i], vz = rel[2] - wz[tb + i];
-          const double d2 = vx * vx + vy * vy + vz * vz;
-          d2buf[i] = d2;
-          mask |= static_cast<uint64_t>(d2 <= loose2) << i;
+          d2buf[i] = vx * vx + vy * vy + vz * vz;
         }
+        uint64_t mask = 0;
+        for (int64_t i = 0; i < width; ++i) mask |= static_cast<uint64_t>(d2buf[i] <= loose2) << i;
         for (; mask != 0; mask &= mask - 1) {
           const int64_t i = lowest_bit(mask);
           const int64_t t = tb + i;
