@@ -27,20 +27,17 @@
 #endif
 
 #include <ATen/ATen.h>
-#include <torch/library.h>
-
 #include <ATen/Dispatch.h>
-#include <ATen/Parallel.h>
+#include <torch/library.h>
 
 #include <algorithm>
 #include <array>
-#include <atomic>
-#include <memory>
-#include <thread>
 #include <cmath>
 #include <cstdint>
 #include <limits>
 #include <vector>
+
+#include "parallel.h"
 
 #if defined(__linux__)
 #include <sys/mman.h>
@@ -141,45 +138,12 @@ void advise_huge_pages(void* data, int64_t bytes) {
 #endif
 }
 
-// Below these sizes a loop runs on the calling thread: each parallel region costs a fork and a
-// join, and on a shared machine a join can wait a whole scheduler slice for a descheduled thread.
+// Below these sizes a loop runs on the calling thread: each parallel region costs starting a
+// helper thread.
 constexpr int64_t kAtomGrain = 1 << 15;
 constexpr int64_t kSystemGrain = 1 << 12;
 constexpr int64_t kReceiversPerChunk = 512;
 constexpr int64_t kEdgesPerCopyTask = 1 << 18;
-
-// Runs task(i) for every i in [0, n), on the calling thread and up to at::get_num_threads() - 1
-// helper threads, and returns once every task has completed.
-//
-// Unlike a fork-join region (at::parallel_for), the caller never waits for a helper to *start*:
-// it claims tasks itself, and a helper that the OS schedules late finds none left and leaves. On
-// a shared, oversubscribed machine (the usual case for a 2-core CI box) a join otherwise costs a
-// scheduler time slice whenever one thread is descheduled. The caller only waits for tasks that
-// a helper has claimed and is running. The helpers touch nothing but the shared counters unless
-// their claim succeeds, which can only happen while the caller is still here.
-template <class Task>
-void run_tasks(int64_t n, const Task& task) {
-  struct Counters {
-    std::atomic<int64_t> next{0};
-    std::atomic<int64_t> done{0};
-  };
-  const int64_t helpers = at::in_parallel_region() ? 0 : std::min<int64_t>(n, at::get_num_threads()) - 1;
-  if (helpers <= 0) {
-    for (int64_t i = 0; i < n; ++i) task(i);
-    return;
-  }
-  auto counters = std::make_shared<Counters>();
-  const Task* shared_task = &task;
-  auto work = [counters, shared_task, n] {
-    for (int64_t i = counters->next++; i < n; i = counters->next++) {
-      (*shared_task)(i);
-      counters->done++;
-    }
-  };
-  for (int64_t h = 0; h < helpers; ++h) std::thread(work).detach();
-  work();
-  while (counters->done.load() < n) std::this_thread::yield();
-}
 
 int64_t lowest_bit(uint64_t x) {
 #if defined(__GNUC__) || defined(__clang__)
@@ -313,7 +277,7 @@ void sort_keys(std::vector<uint64_t>& keys, std::vector<uint64_t>& scratch, int 
 // Bins per axis for every system; the systems' bins are laid out one after another.
 void plan_systems(std::vector<System>& systems, const std::vector<double>& frac, double cutoff) {
   const int64_t num_systems = static_cast<int64_t>(systems.size());
-  at::parallel_for(0, num_systems, kSystemGrain, [&](int64_t begin, int64_t end) {
+  parallel_for(0, num_systems, kSystemGrain, [&](int64_t begin, int64_t end) {
     for (int64_t b = begin; b < end; ++b) {
       System& sys = systems[b];
       double lo[3] = {0, 0, 0}, hi[3] = {0, 0, 0};
@@ -475,7 +439,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> radius_graph_impl(const at::Tenso
 
   // --- 2. fractional coordinates, wrap, bins ------------------------------------------------
   std::vector<double> frac(3 * N);
-  at::parallel_for(0, N, kAtomGrain, [&](int64_t begin, int64_t end) {
+  parallel_for(0, N, kAtomGrain, [&](int64_t begin, int64_t end) {
     for (int64_t a = begin; a < end; ++a) {
       const Mat3& inv = systems[batch[a]].inverse;
       const double p[3] = {static_cast<double>(pos[3 * a]), static_cast<double>(pos[3 * a + 1]),
@@ -498,7 +462,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> radius_graph_impl(const at::Tenso
   std::vector<double> binpos(3 * N);   // position in bin units, for pruning the search
   std::vector<int64_t> home(3 * N);    // bin index per axis
   std::vector<int64_t> bin_of(N);
-  at::parallel_for(0, N, kAtomGrain, [&](int64_t begin, int64_t end) {
+  parallel_for(0, N, kAtomGrain, [&](int64_t begin, int64_t end) {
     for (int64_t a = begin; a < end; ++a) {
       const System& sys = systems[batch[a]];
       int64_t index[3];
@@ -564,7 +528,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> radius_graph_impl(const at::Tenso
   }
   std::vector<double> sorted_wrapped(3 * N), sorted_pos(3 * N);
   std::vector<int64_t> sorted_wrap(3 * N);
-  at::parallel_for(0, N, kAtomGrain, [&](int64_t begin, int64_t end) {
+  parallel_for(0, N, kAtomGrain, [&](int64_t begin, int64_t end) {
     for (int64_t t = begin; t < end; ++t) {
       const int64_t a = sorted_atom[t];
       for (int c = 0; c < 3; ++c) {

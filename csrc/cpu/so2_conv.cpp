@@ -26,6 +26,8 @@
 #include <optional>
 #include <vector>
 
+#include "parallel.h"
+
 namespace eqscale {
 namespace {
 
@@ -174,7 +176,7 @@ at::Tensor contract(const at::Tensor& node, const at::Tensor& wigner, const at::
     const S* w = wigner.data_ptr<S>();
     const S* x = node.data_ptr<S>();
     S* y = out.data_ptr<S>();
-    at::parallel_for(0, num_edges, 16, [&](int64_t begin, int64_t end) {
+    parallel_for(0, num_edges, 16, [&](int64_t begin, int64_t end) {
       for (int64_t e = begin; e < end; ++e)
         rotate_in_edge<S>(lay, w + e * lay.wigner_numel, x + index[e] * node_stride, y + e * edge_stride, channels);
     });
@@ -185,7 +187,7 @@ at::Tensor contract(const at::Tensor& node, const at::Tensor& wigner, const at::
     const S* x = node.data_ptr<S>();
     const S* y = edge.data_ptr<S>();
     S* dw = out.data_ptr<S>();
-    at::parallel_for(0, num_edges, 16, [&](int64_t begin, int64_t end) {
+    parallel_for(0, num_edges, 16, [&](int64_t begin, int64_t end) {
       for (int64_t e = begin; e < end; ++e)
         wigner_grad_edge<S>(lay, y + e * edge_stride, x + index[e] * node_stride, dw + e * lay.wigner_numel, channels);
     });
@@ -203,7 +205,7 @@ at::Tensor contract(const at::Tensor& node, const at::Tensor& wigner, const at::
   const S* w = wigner.data_ptr<S>();
   const S* y = edge.data_ptr<S>();
   S* x = out.data_ptr<S>();
-  at::parallel_for(0, num_nodes, 8, [&](int64_t begin, int64_t end) {
+  parallel_for(0, num_nodes, 8, [&](int64_t begin, int64_t end) {
     std::vector<S> acc(node_stride);
     for (int64_t n = begin; n < end; ++n) {
       std::fill(acc.begin(), acc.end(), S(0));

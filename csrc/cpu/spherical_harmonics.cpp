@@ -29,6 +29,8 @@
 #include <immintrin.h>
 #endif
 
+#include "parallel.h"
+
 #if defined(__GNUC__) && !defined(__clang__)
 // Vector types wider than the target's registers change the calling convention; they never cross
 // a call boundary here (everything is inlined), so the warning is noise.
@@ -475,7 +477,7 @@ void forward_kernel(const S* vectors, S* out, int64_t N, const Recurrence<S>& re
   using L = Lane<S, W>;
   const int64_t K = (rec.lmax + 1) * (rec.lmax + 1);
   const int64_t blocks = (N + W - 1) / W;
-  at::parallel_for(0, blocks, (kGrainPoints + W - 1) / W, [&](int64_t begin, int64_t end) {
+  parallel_for(0, blocks, (kGrainPoints + W - 1) / W, [&](int64_t begin, int64_t end) {
     std::vector<L> buffer(K);
     ForwardSink<S, W> sink{rec.coefficients.data(), buffer.data()};
     for (int64_t block = begin; block < end; ++block) {
@@ -524,7 +526,7 @@ void backward_kernel(const S* vectors, const S* grad_sh, S* grad_vectors, int64_
   using J = Jet<L, 3>;
   const int64_t K = (rec.lmax + 1) * (rec.lmax + 1);
   const int64_t blocks = (N + W - 1) / W;
-  at::parallel_for(0, blocks, (kGrainPoints + W - 1) / W, [&](int64_t begin, int64_t end) {
+  parallel_for(0, blocks, (kGrainPoints + W - 1) / W, [&](int64_t begin, int64_t end) {
     std::vector<L> g(K);
     for (int64_t block = begin; block < end; ++block) {
       const int64_t n0 = block * W;
@@ -557,7 +559,7 @@ void double_backward_kernel(const S* vectors, const S* grad_sh, const S* grad_gr
   using H = Jet<J, 1>;
   const int64_t K = (rec.lmax + 1) * (rec.lmax + 1);
   const int64_t blocks = (N + W - 1) / W;
-  at::parallel_for(0, blocks, (kGrainPoints + W - 1) / W, [&](int64_t begin, int64_t end) {
+  parallel_for(0, blocks, (kGrainPoints + W - 1) / W, [&](int64_t begin, int64_t end) {
     std::vector<L> g(K);
     std::vector<L> directional(K);
     for (int64_t block = begin; block < end; ++block) {

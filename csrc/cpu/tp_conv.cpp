@@ -36,6 +36,8 @@
 #include <utility>
 #include <vector>
 
+#include "parallel.h"
+
 #if defined(__GNUC__) && !defined(__clang__)
 // 32/64-byte vector types change the calling convention on targets without AVX; they never cross
 // a call boundary here (everything is inlined), so the warning is noise.
@@ -574,7 +576,7 @@ void node_slot(const Problem<S>& pr, int64_t slot, const int64_t* perm_dst, S* o
   // block) are requested for the current block, kPrefetchPaths paths ahead.
   const bool src_next_block = src_dim * static_cast<int64_t>(sizeof(S)) <= 8192;
 
-  at::parallel_for(0, static_cast<int64_t>(bounds.size()) - 1, 1, [&](int64_t task_begin, int64_t task_end) {
+  parallel_for(0, static_cast<int64_t>(bounds.size()) - 1, 1, [&](int64_t task_begin, int64_t task_end) {
     std::vector<S> row(dst_dim), scratch(scratch_size), yt(any_fast ? pr.dim2 * kBlock : 0),
         yd(any_fast ? cells_max * kBlock : 0);
     const S* src[kBlock];
@@ -686,7 +688,7 @@ void edge_slot(const Problem<S>& pr, int64_t slot, S* out) {
     }
   }
 
-  at::parallel_for(0, chunks, 1, [&](int64_t chunk_begin, int64_t chunk_end) {
+  parallel_for(0, chunks, 1, [&](int64_t chunk_begin, int64_t chunk_end) {
     std::vector<S> scratch(scratch_size), yt(any_fast && slot == kEdgeWeights ? pr.dim2 * kBlock : 0),
         yd(any_fast && slot == kEdgeWeights ? cells_max * kBlock : 0), q(pair_max * std::max<int64_t>(1, simd_lanes<S>()));
     const S* xs[kBlock];
@@ -800,7 +802,7 @@ std::vector<int64_t> layout_permutation(const std::vector<Path>& paths, bool in1
 
 template <class S>
 void canonicalize(const S* raw, int64_t rows, int64_t dim, const std::vector<int64_t>& perm, S* canon) {
-  at::parallel_for(0, rows, 64, [&](int64_t begin, int64_t end) {
+  parallel_for(0, rows, 64, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r)
       for (int64_t c = 0; c < dim; ++c) canon[r * dim + c] = raw[r * dim + perm[c]];
   });
