@@ -22,6 +22,10 @@ TORCH_LIBRARY(eqscale, m) {
   // SO(2) convolution rotations (csrc/cpu/so2_conv.cpp): the trilinear form of
   // eqscale/ops/so2_conv/__init__.py with slot open_slot (0 node, 1 wigner, 2 edge) open.
   m.def("so2_rotate_contract(Tensor? node, Tensor? wigner, Tensor? edge, Tensor index, int num_nodes, int open_slot, int lmax, int mmax) -> Tensor");
+  // SO(2) convolution Wigner-D (csrc/cpu/so2_wigner.cpp): packed blocks D_0..D_lmax (E, sum_l (2l+1)^2)
+  // of rotations (E, 3, 3) by the Ivanic-Ruedenberg recursion, and their vector-Jacobian product.
+  m.def("so2_wigner_from_rotation(Tensor rotations, int lmax) -> Tensor");
+  m.def("so2_wigner_from_rotation_backward(Tensor rotations, Tensor grad, int lmax) -> Tensor");
   m.def("tp_conv_contract(Tensor? node_feats, Tensor? edge_attrs, Tensor? edge_weights, Tensor? grad_out, Tensor edge_index, int num_nodes, int open_slot, Tensor paths, Tensor cg_index, Tensor cg_value, int layout, int[] sizes, bool deterministic, int flops_per_edge) -> Tensor");
 }
 

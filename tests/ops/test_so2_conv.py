@@ -266,6 +266,19 @@ def test_so2_conv_gradcheck_reference():
     )
 
 
+# The fused path's SO(2) maps have their own first-order backward (eqscale.ops.so2_conv._linear)
+# and fall back to the reference composition for higher orders: both are checked here.
+@pytest.mark.parametrize("backend", ["cpu"], indirect=True)
+def test_so2_conv_gradcheck_fused(backend):
+    _require_fused(backend)
+    x, edge_vec, edge_index, w, radial = _problem(2, 1, 2, 1, num_nodes=3, num_edges=4)
+    check_gradients(
+        lambda x, v, w, r: so2_conv(x, v, edge_index, 3, w, r, lmax=2, mmax=1, backend=backend),
+        [x, edge_vec, w, radial],
+        fast_mode=True,
+    )
+
+
 # Triton's derivatives are compared with the reference to second order in test_backend_parity;
 # finite differences through its interpreter would take minutes.
 @pytest.mark.parametrize("backend", ["reference", "cpu"], indirect=True)

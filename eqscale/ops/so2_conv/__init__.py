@@ -20,7 +20,7 @@ evaluates ``F`` with one slot open (0: node features, 1: Wigner-D, 2: edge featu
 derivative of ``contract(open = s)`` with respect to slot ``t``, given the cotangent ``h`` of slot
 ``s``, is ``contract(open = t)`` with ``h`` placed in slot ``s``. Backward, double backward and
 any higher order follow from this one rule. The SO(2) maps in between are dense GEMMs per ``m``
-(PyTorch's), and the Wigner-D recursion is differentiable PyTorch on every backend.
+(PyTorch's).
 """
 
 # ruff: noqa: E741 - l is the physicists' name for the degree
@@ -33,6 +33,7 @@ from torch.utils.flop_counter import register_flop_formula
 
 from eqscale import backends
 from eqscale.o3._spherical_harmonics import check_lmax
+from eqscale.ops.so2_conv import _linear, _wigner
 from eqscale.ops.so2_conv import cpu as _cpu
 from eqscale.ops.so2_conv import reference as _reference
 from eqscale.ops.so2_conv._layout import (
@@ -70,7 +71,7 @@ _FUSED_DTYPES = (torch.float32, torch.float64)
 _MAX_CPU_LMAX = 64  # the C++ kernel's fixed-size row table
 
 
-def wigner_d(edge_vec: torch.Tensor, lmax: int) -> torch.Tensor:
+def wigner_d(edge_vec: torch.Tensor, lmax: int, *, backend: str | None = None) -> torch.Tensor:
     """Real Wigner-D blocks ``D_0..D_lmax`` of the rotation taking each edge onto the ``y`` axis.
 
     The rotation is ``R = eqscale.o3.rotation_to_axis(edge_vec, "y")``, the minimal rotation
@@ -78,18 +79,22 @@ def wigner_d(edge_vec: torch.Tensor, lmax: int) -> torch.Tensor:
     is the convention for the free roll angle about ``y`` (the SO(2) convolution does not depend
     on it). ``D_l = eqscale.o3.wigner_D(l, R)``, so ``D_l @ Y_l(edge_vec)`` has only its ``m = 0``
     component. Computed by the Ivanic-Ruedenberg recursion from ``D_1 = R`` in ``O(L^3)`` per
-    edge; differentiable (to any order) with respect to ``edge_vec``.
+    edge; differentiable (to any order) with respect to ``edge_vec``. The ``cpu`` backend runs
+    the recursion and its first derivative in C++; the others run it in PyTorch.
 
     Args:
         edge_vec: ``(E, 3)`` floating tensor of non-zero vectors.
-        lmax: maximum degree ``>= 0``.
+        lmax: maximum degree ``>= 0`` (``<= 64`` on the ``cpu`` backend).
+        backend: as in :func:`edge_rotate_in`.
 
     Returns:
         ``(E, sum_l (2l+1)^2)``: the blocks one after the other, each ``(2l+1, 2l+1)`` row-major;
         :func:`unpack_wigner` splits them.
 
     Raises:
-        ValueError: bad shape, negative ``lmax`` or a zero-length edge vector.
+        ValueError: bad shape, negative ``lmax`` (or above 64 on ``cpu``), a zero-length edge
+            vector or an unknown backend.
+        TypeError: a non-floating ``edge_vec``, or one neither float32 nor float64 on ``cpu``.
 
     Example:
         >>> import torch, eqscale
@@ -101,7 +106,7 @@ def wigner_d(edge_vec: torch.Tensor, lmax: int) -> torch.Tensor:
     """
     edge_vec = check_edge_vec(edge_vec)
     check_lmax(lmax)
-    return _reference.wigner_d(edge_vec, lmax)
+    return _wigner.wigner_d(edge_vec, lmax, _resolve(edge_vec, backend, lmax))
 
 
 def unpack_wigner(wigner: torch.Tensor, lmax: int | None = None) -> list[torch.Tensor]:
@@ -291,9 +296,9 @@ def so2_conv(
         return _reference.so2_conv(
             node_feats, edge_vec, edge_index, num_nodes, weights, radial, lmax, mmax, channels_out
         )
-    wigner = _reference.wigner_d(edge_vec, lmax).contiguous()
+    wigner = _wigner.wigner_d(edge_vec, lmax, chosen).contiguous()
     edge_feats = _fused_rotate_in(chosen, node_feats, wigner, edge_index, lmax, mmax, False)
-    messages = _reference.so2_linear_blocks(edge_feats, weights, radial, lmax, mmax, channels_out)
+    messages = _linear.so2_linear(edge_feats, weights, radial, lmax, mmax, channels_out)
     return _contract(chosen)(
         None, wigner, messages.contiguous(), edge_index[1].long().contiguous(), num_nodes, NODE, lmax, mmax
     )

@@ -129,10 +129,14 @@ def wigner_blocks(rotations: torch.Tensor, lmax: int) -> list[torch.Tensor]:
     return blocks
 
 
+def wigner_from_rotation(rotations: torch.Tensor, lmax: int) -> torch.Tensor:
+    """:func:`wigner_blocks` packed: ``(E, sum_l (2l+1)^2)``, each block row-major."""
+    return torch.cat([block.reshape(block.shape[0], -1) for block in wigner_blocks(rotations, lmax)], dim=1)
+
+
 def wigner_d(edge_vec: torch.Tensor, lmax: int) -> torch.Tensor:
     """Packed Wigner-D blocks ``(E, sum_l (2l+1)^2)`` of the rotations taking ``edge_vec`` to ``y``."""
-    rotations = rotation_to_axis(edge_vec, "y")
-    return torch.cat([block.reshape(block.shape[0], -1) for block in wigner_blocks(rotations, lmax)], dim=1)
+    return wigner_from_rotation(rotation_to_axis(edge_vec, "y"), lmax)
 
 
 def unpack_wigner(wigner: torch.Tensor, lmax: int) -> list[torch.Tensor]:
@@ -225,6 +229,20 @@ def so2_linear(
     return torch.cat(outputs, dim=1)
 
 
+def block_matrices(
+    weights: torch.Tensor, lmax: int, mmax: int, channels_in: int, channels_out: int
+) -> list[torch.Tensor]:
+    """Per order: ``W0``, or ``[[W1, W2], [-W2, W1]]`` acting on the row vector ``[x_{+m} | x_{-m}]``."""
+    matrices = []
+    for matrix in split_weights(weights, lmax, mmax, channels_in, channels_out):
+        if len(matrix) == 1:
+            matrices.append(matrix[0])
+        else:
+            w1, w2 = matrix
+            matrices.append(torch.cat([torch.cat([w1, w2], dim=1), torch.cat([-w2, w1], dim=1)], dim=0))
+    return matrices
+
+
 def so2_linear_blocks(
     edge_feats: torch.Tensor,
     weights: torch.Tensor,
@@ -243,16 +261,11 @@ def so2_linear_blocks(
     blocks = m_blocks(lmax, mmax)
     pieces = edge_feats.split([n if m == 0 else 2 * n for m, _, n in blocks], dim=1)
     radials = radial.split([n for _, _, n in blocks], dim=1) if radial is not None else [None] * len(blocks)
-    matrices = split_weights(weights, lmax, mmax, channels_in, channels_out)
+    matrices = block_matrices(weights, lmax, mmax, channels_in, channels_out)
     outputs = []
-    for (m, _, n), piece, scale, matrix in zip(blocks, pieces, radials, matrices, strict=True):
+    for (_, _, n), piece, scale, matrix in zip(blocks, pieces, radials, matrices, strict=True):
         if scale is not None:
             piece = (piece.unflatten(1, (-1, n)) * scale[:, None]).flatten(1, 2)
-        if m == 0:
-            matrix = matrix[0]
-        else:
-            w1, w2 = matrix
-            matrix = torch.cat([torch.cat([w1, w2], dim=1), torch.cat([-w2, w1], dim=1)], dim=0)
         outputs.append((piece.reshape(num_edges, -1) @ matrix).reshape(num_edges, -1, channels_out))
     return torch.cat(outputs, dim=1)
 
