@@ -10,7 +10,6 @@ from eqscale.backends import use_backend
 ase = pytest.importorskip("ase")
 from ase.neighborlist import neighbor_list as ase_neighbor_list  # noqa: E402
 
-
 # ---------------------------------------------------------------------------------------------
 # torch_cluster.radius_graph
 # ---------------------------------------------------------------------------------------------

@@ -119,9 +119,10 @@ def step_function(
 def matmul_probe(
     size: int = 1024, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"
 ) -> tuple[Callable[[], object], int]:
-    """A square matmul and its FLOPs: timed among a case's contestants, it gives the machine's
-    practical peak under the same load as they ran (a lone measurement at the start of a long run
-    on a shared machine does not).
+    """A square matmul and its FLOPs: the machine's practical peak rate.
+
+    Timed among a case's contestants, it gives that peak under the same load as they ran (a lone
+    measurement at the start of a long run on a shared machine does not).
     """
     device = torch.device(device)
     a = torch.randn(size, size, dtype=dtype, device=device)

@@ -71,7 +71,10 @@ def cases(quick: bool = False) -> list[Case]:
                         name=f"N={num_vectors}, lmax={lmax}, {device.type}",
                         step=step,
                         device=device,
-                        contestants={f"eqscale-{backend}": _step(ours, vectors, step), "e3nn": _step(theirs, vectors, step)},
+                        contestants={
+                            f"eqscale-{backend}": _step(ours, vectors, step),
+                            "e3nn": _step(theirs, vectors, step),
+                        },
                     )
                 )
     return result

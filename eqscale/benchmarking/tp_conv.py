@@ -50,9 +50,9 @@ def _modules(lmax: int, mul: int, device: torch.device, backend: str):
 
     from eqscale.nn import TensorProductConv  # noqa: PLC0415
 
-    irreps_in = cue.Irreps("O3", "+".join(f"{mul}x{l}{'e' if l % 2 == 0 else 'o'}" for l in range(lmax + 1)))
-    irreps_sh = cue.Irreps("O3", "+".join(f"{l}{'e' if l % 2 == 0 else 'o'}" for l in range(lmax + 1)))
-    filter_out = cue.Irreps("O3", "+".join(f"{l}{p}" for l in range(lmax + 1) for p in "eo"))
+    irreps_in = cue.Irreps("O3", "+".join(f"{mul}x{d}{'eo'[d % 2]}" for d in range(lmax + 1)))
+    irreps_sh = cue.Irreps("O3", "+".join(f"{d}{'eo'[d % 2]}" for d in range(lmax + 1)))
+    filter_out = cue.Irreps("O3", "+".join(f"{d}{p}" for d in range(lmax + 1) for p in "eo"))
     method = "naive" if device.type == "cpu" else None
     theirs_cue = cuet.ChannelWiseTensorProduct(
         irreps_in, irreps_sh, filter_out, layout=cue.mul_ir, shared_weights=False, internal_weights=False,
@@ -127,7 +127,7 @@ def _useful_flops(function: Callable[[], object]) -> int:
 def run(quick: bool = False) -> Iterator[Row]:
     """Times every case side by side; one row per anchor, with peak memory ratios, as measured."""
     for case in cases(quick):
-        names, functions = zip(*case.contestants.items())
+        names, functions = zip(*case.contestants.items(), strict=True)
         probe, probe_flops = matmul_probe(device=case.device)
         *times, probe_time = time_side_by_side(
             [*functions, probe], repeats=3 if quick else 5, warmup=1, device=case.device

@@ -50,7 +50,8 @@ def neighbour_list(
         raise ValueError(f"quantities must be a non-empty string of letters from {_QUANTITIES!r}, got {quantities!r}")
     if isinstance(cutoff, bool) or not isinstance(cutoff, numbers.Real):
         raise TypeError(
-            f"cutoff must be a single number; per-atom or per-element cutoffs are not supported, got {type(cutoff).__name__}"
+            "cutoff must be a single number; per-atom or per-element cutoffs are not supported, "
+            f"got {type(cutoff).__name__}"
         )
     for name in ("positions", "cell", "pbc"):
         if not hasattr(atoms, name):

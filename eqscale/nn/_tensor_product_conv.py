@@ -150,7 +150,9 @@ class TensorProductConv(torch.nn.Module):
         )
         plan = plan_tensor_product(tp.irreps_in1, tp.irreps_in2, tp.irreps_out, instructions, layout=layout)
         if plan.weight_numel != tp.weight_numel:
-            raise ValueError(f"cannot reproduce {type(tp).__name__}: weight_numel {plan.weight_numel} != {tp.weight_numel}")
+            raise ValueError(
+                f"cannot reproduce {type(tp).__name__}: weight_numel {plan.weight_numel} != {tp.weight_numel}"
+            )
         module = cls.from_plan(plan, tp.shared_weights, tp.internal_weights, deterministic, backend)
         if tp.internal_weights:
             module.weight = torch.nn.Parameter(tp.weight.detach().clone().reshape(-1))

@@ -1,6 +1,7 @@
-"""O(3) algebra: irreps, Clebsch-Gordan coefficients, spherical harmonics, Wigner-D matrices and
-tensor-product path planning. Group theory comes from cuequivariance; bases and normalisations
-match e3nn.
+"""O(3) algebra: irreps, Clebsch-Gordan coefficients, spherical harmonics, Wigner-D, path plans.
+
+Irreps, Clebsch-Gordan coefficients, spherical harmonics, Wigner-D matrices and tensor-product
+path planning. Group theory comes from cuequivariance; bases and normalisations match e3nn.
 
 Example:
     >>> from eqscale import o3

@@ -119,16 +119,17 @@ def assert_equivariant(
         if reflections and trial % 2 == 1:
             rotation = -rotation
         translation = torch.randn(3, dtype=torch.float64, generator=generator) if translations else torch.zeros(3)
-        num_atoms = next((x.shape[0] for x, flag in zip(inputs, permuted_in) if flag), 0)
+        num_atoms = next((x.shape[0] for x, flag in zip(inputs, permuted_in, strict=True) if flag), 0)
         permutation = torch.randperm(num_atoms, generator=generator)
 
         moved_inputs = []
-        for value, kind, flag in zip(inputs, irreps_in, permuted_in):
+        for value, kind, flag in zip(inputs, irreps_in, permuted_in, strict=True):
             value = _transform(value, kind, rotation.to(value.device), translation.to(value.device), layout)
             moved_inputs.append(value[permutation] if flag else value)
         moved_outputs = _as_tuple(function(*moved_inputs))
 
-        for index, (before, after, kind, flag) in enumerate(zip(outputs, moved_outputs, irreps_out, permuted_out)):
+        pairs = zip(outputs, moved_outputs, irreps_out, permuted_out, strict=True)
+        for index, (before, after, kind, flag) in enumerate(pairs):
             expected = _transform(before, kind, rotation.to(before.device), torch.zeros(3), layout)
             expected = expected[permutation] if flag else expected
             assert_close(

@@ -38,8 +38,10 @@ def check_gradients(
 
 
 def _derivatives(function: Callable[..., Any], inputs: Sequence[torch.Tensor], order: int, seed: int):
-    """Output, first derivatives and second derivatives along fixed random directions, as
-    ``[(kind, tensor), ...]`` with kind ``"value"``, ``"grad"`` or ``"double_grad"``."""
+    """Output, first and second derivatives along fixed random directions.
+
+    Returns ``[(kind, tensor), ...]`` with kind ``"value"``, ``"grad"`` or ``"double_grad"``.
+    """
     leaves = [x.detach().clone().requires_grad_(x.is_floating_point()) for x in inputs]
     output = function(*leaves)
     results = [("value", output.detach())]
@@ -49,14 +51,16 @@ def _derivatives(function: Callable[..., Any], inputs: Sequence[torch.Tensor], o
     generator = torch.Generator().manual_seed(seed)
     cotangent = torch.randn(output.shape, generator=generator, dtype=output.dtype).to(output.device)
     grads = torch.autograd.grad(output, differentiable, cotangent, create_graph=order > 1, allow_unused=True)
-    grads = [torch.zeros_like(x) if g is None else g for g, x in zip(grads, differentiable)]
+    grads = [torch.zeros_like(x) if g is None else g for g, x in zip(grads, differentiable, strict=True)]
     results += [("grad", g.detach()) for g in grads]
     if order > 1:
         directions = [torch.randn(g.shape, generator=generator, dtype=g.dtype).to(g.device) for g in grads]
-        scalar = sum((g * d).sum() for g, d in zip(grads, directions))
+        scalar = sum((g * d).sum() for g, d in zip(grads, directions, strict=True))
         if scalar.requires_grad:
             second = torch.autograd.grad(scalar, differentiable, allow_unused=True)
-            second = [torch.zeros_like(x) if s is None else s.detach() for s, x in zip(second, differentiable)]
+            second = [
+                torch.zeros_like(x) if s is None else s.detach() for s, x in zip(second, differentiable, strict=True)
+            ]
         else:
             second = [torch.zeros_like(x) for x in differentiable]
         results += [("double_grad", s) for s in second]
@@ -95,5 +99,5 @@ def assert_backend_parity(
         expected = _derivatives(function, inputs, order, seed)
     with backends.use_backend(backend):
         actual = _derivatives(function, inputs, order, seed)
-    for index, ((kind, got), (_, want)) in enumerate(zip(actual, expected)):
+    for index, ((kind, got), (_, want)) in enumerate(zip(actual, expected, strict=True)):
         assert_close(got, want, kind, message=f"{backend} vs {reference}: {kind} #{index} differs")

@@ -294,7 +294,8 @@ def test_float32_matches_float64_sets(backend):
     rng = np.random.default_rng(9)
     pos, cell, pbc, cutoff = _random_system(rng, "mixed")
     e64 = _edges(*_run(backend, torch.tensor(pos), cutoff, cell=torch.tensor(cell), pbc=torch.tensor(pbc)))
-    e32 = _edges(*_run(backend, torch.tensor(pos, dtype=torch.float32), cutoff, cell=torch.tensor(cell), pbc=torch.tensor(pbc)))
+    pos32 = torch.tensor(pos, dtype=torch.float32)
+    e32 = _edges(*_run(backend, pos32, cutoff, cell=torch.tensor(cell), pbc=torch.tensor(pbc)))
     assert e32 == e64
 
 

@@ -24,7 +24,7 @@ def _uvu_case(irreps_in, lmax_sh, lmax_out=None):
     irreps_sh = eqscale.o3.Irreps.spherical_harmonics(lmax_sh)
     lmax_out = lmax_sh if lmax_out is None else lmax_out
     allowed = [ir for ir in itertools.chain.from_iterable(
-        (eqscale.o3.Irrep(l, 1), eqscale.o3.Irrep(l, -1)) for l in range(lmax_out + 1))]
+        (eqscale.o3.Irrep(d, 1), eqscale.o3.Irrep(d, -1)) for d in range(lmax_out + 1))]
     irreps_out, instructions = uvu_irreps_out(irreps_in, irreps_sh, allowed)
     return str(irreps_in), str(irreps_sh), str(irreps_out), instructions
 
@@ -75,7 +75,7 @@ def _derivatives(function, inputs, seed=1):
     cotangent = torch.randn(out.shape, generator=generator, dtype=out.dtype)
     grads = torch.autograd.grad(out, leaves, cotangent, create_graph=True)
     directions = [torch.randn(g.shape, generator=generator, dtype=g.dtype) for g in grads]
-    second = torch.autograd.grad(sum((g * d).sum() for g, d in zip(grads, directions)), leaves)
+    second = torch.autograd.grad(sum((g * d).sum() for g, d in zip(grads, directions, strict=True)), leaves)
     return [("value", out.detach())] + [("grad", g.detach()) for g in grads] + [("double_grad", s) for s in second]
 
 
@@ -111,7 +111,7 @@ def _check_e3nn_to_double_backward(backend, case, dtype):
         x, sh, w, edge_index, num_nodes, plan=plan, backend=backend), inputs)
     theirs = _derivatives(lambda x, sh, w: _e3nn_conv(
         irreps_in, irreps_sh, irreps_out, instructions, x, sh, w, edge_index, num_nodes), inputs)
-    for (kind, got), (_, want) in zip(ours, theirs):
+    for (kind, got), (_, want) in zip(ours, theirs, strict=True):
         assert_close(got, want, kind, message=f"{case} {kind} on {backend}")
 
 
@@ -128,7 +128,7 @@ def test_matches_e3nn_high_order(case):
             continue
         ours = _derivatives(lambda x, sh, w, backend=backend: eqscale.ops.tp_conv(
             x, sh, w, edge_index, 10, plan=plan, backend=backend), inputs)
-        for (kind, got), (_, want) in zip(ours, theirs):
+        for (kind, got), (_, want) in zip(ours, theirs, strict=True):
             assert_close(got, want, kind, message=f"{case} {kind} on {backend}")
 
 
@@ -145,7 +145,7 @@ def test_uvw_shared_and_per_edge_weights(backend, layout):
         with eqscale.backends.use_backend("reference"):
             expected = _derivatives(lambda x, sh, w: eqscale.ops.tp_conv(
                 x, sh, w, edge_index, num_nodes, plan=plan), inputs)
-        for (kind, got), (_, want) in zip(ours, expected):
+        for (kind, got), (_, want) in zip(ours, expected, strict=True):
             assert_close(got, want, kind, message=f"uvw shared={shared} {kind} on {backend}")
 
 
@@ -168,7 +168,7 @@ def test_matches_cuequivariance_channelwise(backend, layout):
 
     expected = _derivatives(theirs, inputs)
     actual = _derivatives(lambda x, sh, w: conv(x, sh, w, edge_index, num_nodes), inputs)
-    for (kind, got), (_, want) in zip(actual, expected):
+    for (kind, got), (_, want) in zip(actual, expected, strict=True):
         assert_close(got, want, kind, message=f"cuequivariance {layout} {kind} on {backend}")
 
 
@@ -276,7 +276,7 @@ def test_compiled_model_trains_on_forces(cpu_extension):
         compiled_loss, compiled_grads = torch.compile(loss_and_grads, fullgraph=True)(positions)
     assert eager_loss.item() > 0
     assert_close(compiled_loss.detach(), eager_loss.detach())
-    for got, want in zip(compiled_grads, eager_grads):
+    for got, want in zip(compiled_grads, eager_grads, strict=True):
         assert_close(got, want, "grad")
 
 

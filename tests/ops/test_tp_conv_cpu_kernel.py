@@ -21,7 +21,7 @@ SLOTS = ("node_feats", "edge_attrs", "edge_weights", "output")
 
 
 def _uvu(irreps_in, irreps_sh, lmax_out, **kwargs):
-    allowed = [f"{l}{p}" for l in range(lmax_out + 1) for p in "eo"]
+    allowed = [f"{d}{p}" for d in range(lmax_out + 1) for p in "eo"]
     irreps_out, instructions = uvu_irreps_out(irreps_in, irreps_sh, allowed)
     return plan_tensor_product(irreps_in, irreps_sh, irreps_out, instructions, **kwargs)
 
@@ -76,7 +76,7 @@ def _expected(plan, slots, edge_index, num_nodes):
     x, y, w, g = (t.detach().clone().requires_grad_(True) for t in slots)
     out = reference.tp_conv(x, y, w if plan.weight_numel else None, edge_index, num_nodes, plan)
     grads = torch.autograd.grad((out * g).sum(), [x, y, w], allow_unused=True)
-    grads = [torch.zeros_like(t) if d is None else d for t, d in zip((x, y, w), grads)]
+    grads = [torch.zeros_like(t) if d is None else d for t, d in zip((x, y, w), grads, strict=True)]
     return [*grads, out.detach()]
 
 

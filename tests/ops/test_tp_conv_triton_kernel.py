@@ -10,10 +10,10 @@ import pytest
 import torch
 
 import eqscale
+from eqscale._kernels import import_kernels
 from eqscale.o3 import plan_tensor_product
 from eqscale.ops.tp_conv import reference
 from eqscale.ops.tp_conv._tables import kernel_tables
-from eqscale._kernels import import_kernels
 from eqscale.testing import assert_close, check_gradients
 
 # The conftest fixture skips these tests where Triton cannot run (or fails them where CI needs it).

@@ -134,7 +134,8 @@ def radius_graph(
     # checks as torch ops here would start torch's thread pool, whose spinning workers then
     # compete with the search threads.
     pos, cutoff, batch, cell, pbc = _normalise(pos, cutoff, batch, cell, pbc, per_atom_checks=chosen != "cpu")
-    for name, flag in (("self_interaction", self_interaction), ("half", half), ("return_num_neighbors", return_num_neighbors)):
+    flags = (("self_interaction", self_interaction), ("half", half), ("return_num_neighbors", return_num_neighbors))
+    for name, flag in flags:
         if not isinstance(flag, bool):
             raise TypeError(f"{name} must be a bool, got {type(flag).__name__}")
     if max_num_neighbors is not None:
@@ -143,7 +144,9 @@ def radius_graph(
         if max_num_neighbors < 0:
             raise ValueError(f"max_num_neighbors must be >= 0, got {max_num_neighbors}")
         if half:
-            raise ValueError("half=True cannot be combined with max_num_neighbors: a per-receiver cut breaks pair symmetry")
+            raise ValueError(
+                "half=True cannot be combined with max_num_neighbors: a per-receiver cut breaks pair symmetry"
+            )
         max_num_neighbors = int(max_num_neighbors)
 
     if chosen != "reference" and pos.dtype not in _FUSED_DTYPES:
@@ -307,7 +310,10 @@ def _normalise(pos, cutoff, batch, cell, pbc, *, per_atom_checks: bool = True):
         batch = torch.zeros(num_nodes, dtype=torch.int64, device=device)
         num_systems = 1
     else:
-        if not isinstance(batch, torch.Tensor) or batch.is_floating_point() or batch.is_complex() or batch.dtype == torch.bool:
+        integer = isinstance(batch, torch.Tensor) and not (
+            batch.is_floating_point() or batch.is_complex() or batch.dtype == torch.bool
+        )
+        if not integer:
             raise TypeError(f"batch must be an integer torch.Tensor, got {_describe(batch)}")
         if batch.shape != (num_nodes,):
             raise ValueError(f"batch must have shape (N,) = ({num_nodes},), got {tuple(batch.shape)}")
@@ -358,7 +364,9 @@ def _normalise_pbc(pbc, has_cell: bool, num_systems: int, device: torch.device) 
     if pbc.shape == (3,):
         return pbc.expand(num_systems, 3)
     if pbc.shape != (num_systems, 3):
-        raise ValueError(f"pbc must be a bool, or have shape (3,) or (B, 3) = ({num_systems}, 3), got {tuple(pbc.shape)}")
+        raise ValueError(
+            f"pbc must be a bool, or have shape (3,) or (B, 3) = ({num_systems}, 3), got {tuple(pbc.shape)}"
+        )
     return pbc
 
 

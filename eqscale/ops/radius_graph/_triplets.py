@@ -48,7 +48,9 @@ def _extend(edge_index: torch.Tensor, outer: torch.Tensor, num_nodes: int) -> tu
     return slot, by_receiver[first[middle[slot]] + offset]
 
 
-def _reverses(edge_index: torch.Tensor, shifts: torch.Tensor | None, e_in: torch.Tensor, e_out: torch.Tensor) -> torch.Tensor:
+def _reverses(
+    edge_index: torch.Tensor, shifts: torch.Tensor | None, e_in: torch.Tensor, e_out: torch.Tensor
+) -> torch.Tensor:
     """Whether ``e_in`` (k -> j) is ``e_out`` (j -> i) walked backwards: k == i and S_in == -S_out."""
     back = edge_index[0, e_in] == edge_index[1, e_out]
     if shifts is not None:

@@ -87,7 +87,12 @@ def face_distances(cell: torch.Tensor) -> torch.Tensor:
 
 
 def squared_distances(
-    pos: torch.Tensor, src: torch.Tensor, dst: torch.Tensor, shifts: torch.Tensor, cell: torch.Tensor, batch: torch.Tensor
+    pos: torch.Tensor,
+    src: torch.Tensor,
+    dst: torch.Tensor,
+    shifts: torch.Tensor,
+    cell: torch.Tensor,
+    batch: torch.Tensor,
 ) -> torch.Tensor:
     """Squared edge lengths by the one formula that every backend evaluates identically.
 

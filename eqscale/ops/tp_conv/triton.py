@@ -25,7 +25,6 @@ FLOP formula are registered in :mod:`eqscale.ops.tp_conv`.
 
 from __future__ import annotations
 
-
 import torch
 from torch.library import triton_op, wrap_triton
 
