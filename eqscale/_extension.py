@@ -13,6 +13,8 @@ import importlib
 import warnings
 from types import ModuleType
 
+_loaded: list[bool] = []  # filled by the first load(); a plain global so torch.compile can read it
+
 
 @functools.cache
 def load() -> ModuleType | None:
@@ -28,15 +30,17 @@ def load() -> ModuleType | None:
             RuntimeWarning,
             stacklevel=2,
         )
-        return None
+        module = None
+    _loaded.append(module is not None)
     return module
 
 
-_loaded: list[bool] = []  # filled on the first call; a plain global so torch.compile can read it
-
-
 def available() -> bool:
-    """Whether the C++ extension is built and importable."""
+    """Whether the C++ extension is built and importable.
+
+    The ops modules call :func:`load` when ``eqscale`` is imported, so under ``torch.compile`` this
+    only reads ``_loaded``: dynamo cannot trace an import.
+    """
     if not _loaded:
-        _loaded.append(load() is not None)
+        load()
     return _loaded[0]

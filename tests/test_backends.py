@@ -1,3 +1,6 @@
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -56,3 +59,16 @@ def test_info_reports_backends(capsys):
     text = eqscale.info()
     assert "torch" in text and "C++ extension" in text
     assert capsys.readouterr().out.strip() == text
+
+
+def test_compile_before_any_eager_call():
+    # A fresh process whose first call of a cpu-backend op is inside torch.compile: choosing the
+    # backend must not import the extension there (dynamo cannot trace an import).
+    code = (
+        "import torch, eqscale\n"
+        "f = torch.compile(lambda v: eqscale.ops.spherical_harmonics(v, 2), fullgraph=True)\n"
+        "v = torch.randn(5, 3)\n"
+        "assert torch.allclose(f(v), eqscale.ops.spherical_harmonics(v, 2, backend='reference'), atol=1e-6)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
