@@ -13,6 +13,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import eqscale
+from eqscale import backends
 from eqscale.o3 import Irreps, plan_tensor_product, random_rotation, rotation_to_axis, uvu_irreps_out, wigner_D
 from eqscale.ops import edge_rotate_in, edge_rotate_out_scatter, so2_conv, wigner_d
 from eqscale.ops.so2_conv import (
@@ -430,3 +431,10 @@ def test_errors():
         edge_rotate_out_scatter(torch.zeros(6, 4, 2, dtype=F64), wigner_d(edge_vec, 2), edge_index, 4)
     with pytest.raises(ValueError, match="zero-length"):
         wigner_d(torch.zeros(2, 3), 2)
+    if backends.resolve(torch.device("cpu")) == "cpu":
+        with pytest.raises(TypeError, match="edge_vec must be float32 or float64 for the 'cpu' backend"):
+            wigner_d(edge_vec.half(), 2)
+        with pytest.raises(TypeError, match="edge_feats must be float32 or float64"):
+            edge_rotate_out_scatter(
+                torch.zeros(6, 7, 2, dtype=torch.float16), wigner_d(edge_vec, 2).half(), edge_index, 4
+            )

@@ -106,7 +106,7 @@ def wigner_d(edge_vec: torch.Tensor, lmax: int, *, backend: str | None = None) -
     """
     edge_vec = check_edge_vec(edge_vec)
     check_lmax(lmax)
-    return _wigner.wigner_d(edge_vec, lmax, _resolve(edge_vec, backend, lmax))
+    return _wigner.wigner_d(edge_vec, lmax, _resolve(edge_vec, backend, lmax, "edge_vec"))
 
 
 def unpack_wigner(wigner: torch.Tensor, lmax: int | None = None) -> list[torch.Tensor]:
@@ -215,7 +215,7 @@ def edge_rotate_out_scatter(
         raise ValueError(f"wigner must have one row per edge ({edge_feats.shape[0]}), got {wigner.shape[0]}")
     num_nodes = check_int(num_nodes, "num_nodes")
     check_edge_index(edge_index, edge_feats.shape[0], torch.iinfo(torch.int64).max, num_nodes)
-    chosen = _resolve(edge_feats, backend, lmax)
+    chosen = _resolve(edge_feats, backend, lmax, "edge_feats")
     if chosen == "reference":
         return _reference.edge_rotate_out_scatter(edge_feats, wigner, edge_index, num_nodes)
     return _contract(chosen)(
@@ -347,7 +347,7 @@ def _check_radial(radial: object, node_feats: torch.Tensor, num_edges: int, lmax
 # backends
 
 
-def _resolve(tensor: torch.Tensor, backend: str | None, lmax: int) -> str:
+def _resolve(tensor: torch.Tensor, backend: str | None, lmax: int, argument: str = "node_feats") -> str:
     chosen = backends.resolve(tensor.device, backend)
     available = {"reference": True, "cpu": _CPU_KERNELS, "triton": _TRITON_KERNELS}[chosen]
     if not available:
@@ -358,7 +358,10 @@ def _resolve(tensor: torch.Tensor, backend: str | None, lmax: int) -> str:
     if chosen == "cpu" and lmax > _MAX_CPU_LMAX:
         raise ValueError(f"lmax must be <= {_MAX_CPU_LMAX} for the 'cpu' backend, got {lmax}; use backend='reference'")
     if chosen != "reference" and tensor.dtype not in _FUSED_DTYPES:
-        raise TypeError(f"features must be float32 or float64 for the {chosen!r} backend, got {tensor.dtype}")
+        raise TypeError(
+            f"{argument} must be float32 or float64 for the {chosen!r} backend, got {tensor.dtype}; "
+            "use backend='reference' for other dtypes"
+        )
     return chosen
 
 
