@@ -37,11 +37,9 @@
 #include <limits>
 #include <vector>
 
+#include "memory.h"
 #include "parallel.h"
 
-#if defined(__linux__)
-#include <sys/mman.h>
-#endif
 
 namespace eqscale {
 namespace {
@@ -123,20 +121,6 @@ int64_t floor_div(int64_t a, int64_t b) {
 }
 
 // A found edge, before sorting: sender, shift, and the exact squared length (for the cut).
-// Output tensors are large, fresh and written once; first-touch page faults of 4 KiB pages cost as
-// much as filling them. Where the kernel has transparent huge pages in "madvise" mode, ask for them.
-void advise_huge_pages(void* data, int64_t bytes) {
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-  constexpr uintptr_t kHuge = uintptr_t{1} << 21;
-  if (bytes < static_cast<int64_t>(4 * kHuge)) return;
-  const uintptr_t begin = (reinterpret_cast<uintptr_t>(data) + kHuge - 1) & ~(kHuge - 1);
-  const uintptr_t end = (reinterpret_cast<uintptr_t>(data) + static_cast<uintptr_t>(bytes)) & ~(kHuge - 1);
-  if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
-#else
-  (void)data;
-  (void)bytes;
-#endif
-}
 
 // Below these sizes a loop runs on the calling thread: each parallel region costs starting a
 // helper thread.
@@ -764,11 +748,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> radius_graph_impl(const at::Tenso
   for (int64_t a = 0; a < N; ++a) start[a + 1] = start[a] + count[a];
   const int64_t E = start[N];
   const auto long_options = pos_t.options().dtype(at::kLong);
-  at::Tensor edge_index = at::empty({2, E}, long_options);
-  at::Tensor shifts = at::empty({E, 3}, long_options);
+  at::Tensor edge_index = empty_huge({2, E}, long_options);
+  at::Tensor shifts = empty_huge({E, 3}, long_options);
   at::Tensor num_neighbors = at::empty({N}, long_options);
-  advise_huge_pages(edge_index.data_ptr(), edge_index.nbytes());
-  advise_huge_pages(shifts.data_ptr(), shifts.nbytes());
   int64_t* src_out = edge_index.data_ptr<int64_t>();
   int64_t* dst_out = src_out + E;
   int64_t* shift_out = shifts.data_ptr<int64_t>();

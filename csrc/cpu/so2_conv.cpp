@@ -26,6 +26,7 @@
 #include <optional>
 #include <vector>
 
+#include "memory.h"
 #include "parallel.h"
 
 namespace eqscale {
@@ -172,7 +173,7 @@ at::Tensor contract(const at::Tensor& node, const at::Tensor& wigner, const at::
                     const at::TensorOptions& options) {
   const int64_t node_stride = lay.num_coefficients * channels, edge_stride = lay.num_m * channels;
   if (open_slot == kEdge) {
-    at::Tensor out = at::empty({num_edges, lay.num_m, channels}, options);
+    at::Tensor out = empty_huge({num_edges, lay.num_m, channels}, options);
     const S* w = wigner.data_ptr<S>();
     const S* x = node.data_ptr<S>();
     S* y = out.data_ptr<S>();
@@ -183,7 +184,7 @@ at::Tensor contract(const at::Tensor& node, const at::Tensor& wigner, const at::
     return out;
   }
   if (open_slot == kWigner) {
-    at::Tensor out = at::empty({num_edges, lay.wigner_numel}, options);
+    at::Tensor out = empty_huge({num_edges, lay.wigner_numel}, options);
     const S* x = node.data_ptr<S>();
     const S* y = edge.data_ptr<S>();
     S* dw = out.data_ptr<S>();
@@ -201,7 +202,7 @@ at::Tensor contract(const at::Tensor& node, const at::Tensor& wigner, const at::
     std::vector<int64_t> fill(start.begin(), start.end() - 1);
     for (int64_t e = 0; e < num_edges; ++e) order[fill[index[e]]++] = e;
   }
-  at::Tensor out = at::empty({num_nodes, lay.num_coefficients, channels}, options);
+  at::Tensor out = empty_huge({num_nodes, lay.num_coefficients, channels}, options);
   const S* w = wigner.data_ptr<S>();
   const S* y = edge.data_ptr<S>();
   S* x = out.data_ptr<S>();

@@ -38,6 +38,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "memory.h"
 #include "parallel.h"
 
 namespace eqscale {
@@ -282,7 +283,7 @@ at::Tensor so2_wigner_from_rotation(const at::Tensor& rotations, int64_t lmax) {
   check_rotations(kOp, rotations, lmax);
   const Recursion rec(lmax);
   const int64_t num_edges = rotations.size(0);
-  at::Tensor out = at::empty({num_edges, rec.numel()}, rotations.options());
+  at::Tensor out = empty_huge({num_edges, rec.numel()}, rotations.options());
   AT_DISPATCH_FLOATING_TYPES(rotations.scalar_type(), kOp, [&] {
     forward<scalar_t>(rec, rotations.data_ptr<scalar_t>(), num_edges, out.data_ptr<scalar_t>());
   });

@@ -29,6 +29,7 @@
 #include <immintrin.h>
 #endif
 
+#include "memory.h"
 #include "parallel.h"
 
 #if defined(__GNUC__) && !defined(__clang__)
@@ -635,7 +636,7 @@ at::Tensor spherical_harmonics_fwd(const at::Tensor& vectors, const at::Tensor& 
   const int64_t K = check_common(op, vectors, coefficients, lmax);
   const at::Tensor coeff = coefficients.contiguous();
   const int64_t N = vectors.size(0);
-  at::Tensor out = at::empty({N, K}, vectors.options());
+  at::Tensor out = empty_huge({N, K}, vectors.options());
   AT_DISPATCH_FLOATING_TYPES(vectors.scalar_type(), "spherical_harmonics", [&] {
     const Recurrence<scalar_t> rec(lmax, coeff.data_ptr<double>());
     forward_kernel<scalar_t>(vectors.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), N, rec);
@@ -668,7 +669,7 @@ std::tuple<at::Tensor, at::Tensor> spherical_harmonics_bwd_bwd(const at::Tensor&
   check_like(op, "grad_sh", grad_sh, vectors, N, K);
   check_like(op, "grad_grad_vectors", grad_grad_vectors, vectors, N, 3);
   const at::Tensor coeff = coefficients.contiguous();
-  at::Tensor grad_grad_sh = at::empty({N, K}, vectors.options());
+  at::Tensor grad_grad_sh = empty_huge({N, K}, vectors.options());
   at::Tensor grad_vectors = at::empty({N, 3}, vectors.options());
   AT_DISPATCH_FLOATING_TYPES(vectors.scalar_type(), "spherical_harmonics", [&] {
     const Recurrence<scalar_t> rec(lmax, coeff.data_ptr<double>());

@@ -36,6 +36,7 @@
 #include <utility>
 #include <vector>
 
+#include "memory.h"
 #include "parallel.h"
 
 #if defined(__GNUC__) && !defined(__clang__)
@@ -948,10 +949,10 @@ at::Tensor contract(const at::Tensor* slots, const at::Tensor& edge_index, int64
     out = at::empty({forward ? num_nodes : pr.sender_rows, forward ? pr.dimo : pr.dim1}, options);
     node_slot<S>(pr, slot, layout == 0 ? (forward ? permo : perm1).data() : nullptr, out.data_ptr<S>());
   } else if (slot == kEdgeAttrs) {
-    out = at::empty({pr.num_edges, pr.dim2}, options);
+    out = empty_huge({pr.num_edges, pr.dim2}, options);
     edge_slot<S>(pr, slot, out.data_ptr<S>());
   } else {
-    out = pr.shared ? at::empty({pr.weight_numel}, options) : at::empty({pr.num_edges, pr.weight_numel}, options);
+    out = pr.shared ? at::empty({pr.weight_numel}, options) : empty_huge({pr.num_edges, pr.weight_numel}, options);
     edge_slot<S>(pr, slot, out.data_ptr<S>());
   }
   return out;
