@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from eqscale import backends
 
@@ -128,6 +129,26 @@ def matmul_probe(
     a = torch.randn(size, size, dtype=dtype, device=device)
     b = torch.randn(size, size, dtype=dtype, device=device)
     return (lambda: a @ b), 2 * size**3
+
+
+def time_with_matmul_probe(
+    functions: Sequence[Callable[[], object]], *, repeats: int, device: torch.device | str = "cpu"
+) -> tuple[list[float], float]:
+    """Median seconds of each function, and the matmul GFLOP/s, all timed in alternation.
+
+    The probe (:func:`matmul_probe`) runs among the contestants, so its rate is the machine's peak
+    under the load they saw.
+    """
+    probe, probe_flops = matmul_probe(device=device)
+    *times, probe_time = time_side_by_side([*functions, probe], repeats=repeats, warmup=1, device=device)
+    return times, probe_flops / probe_time / 1e9
+
+
+def useful_flops(function: Callable[[], object]) -> int:
+    """FLOPs of one call as ``torch.utils.flop_counter`` counts them (the ops' registered formulas)."""
+    with FlopCounterMode(display=False) as counter:
+        function()
+    return counter.get_total_flops()
 
 
 def matmul_gflops(size: int = 1024, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> float:

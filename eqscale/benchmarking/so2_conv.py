@@ -23,9 +23,8 @@ import dataclasses
 from collections.abc import Callable, Iterator
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
-from eqscale.benchmarking._harness import Row, fused_devices, matmul_probe, step_function, time_side_by_side
+from eqscale.benchmarking._harness import Row, fused_devices, step_function, time_with_matmul_probe, useful_flops
 from eqscale.ops.so2_conv import _CPU_KERNELS, _TRITON_KERNELS, num_radial, so2_conv, so2_weight_numel
 
 LS = (2, 4, 6)
@@ -124,21 +123,12 @@ def _check_agreement(ours, reference, inputs) -> None:
         raise AssertionError("the fused so2_conv and the reference disagree on the benchmark inputs")
 
 
-def _useful_flops(function: Callable[[], object]) -> int:
-    with FlopCounterMode(display=False) as counter:
-        function()
-    return counter.get_total_flops()
-
-
 def run(quick: bool = False) -> Iterator[Row]:
     """Times every case side by side (with a matmul probe under the same load); rows as measured."""
     for case in cases(quick):
         names, functions = zip(*case.contestants.items(), strict=True)
-        probe, probe_flops = matmul_probe(device=case.device)
-        *times, probe_time = time_side_by_side(
-            [*functions, probe], repeats=3 if quick else 5, warmup=1, device=case.device
-        )
-        flops = _useful_flops(functions[0])
+        times, probe_gflops = time_with_matmul_probe(functions, repeats=3 if quick else 5, device=case.device)
+        flops = useful_flops(functions[0])
         for index in range(1, len(names)):
             yield Row(
                 suite="so2_conv",
@@ -148,5 +138,5 @@ def run(quick: bool = False) -> Iterator[Row]:
                 anchor=names[index],
                 speedup=times[index] / times[0],
                 gflops=flops / times[0] / 1e9,
-                matmul_gflops=probe_flops / probe_time / 1e9,
+                matmul_gflops=probe_gflops,
             )

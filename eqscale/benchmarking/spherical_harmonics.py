@@ -11,9 +11,8 @@ import dataclasses
 from collections.abc import Callable
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
-from eqscale.benchmarking._harness import Row, fused_devices, time_side_by_side
+from eqscale.benchmarking._harness import Row, fused_devices, time_side_by_side, useful_flops
 from eqscale.ops.spherical_harmonics import spherical_harmonics
 
 LMAXES = (2, 4, 6, 8)
@@ -80,12 +79,6 @@ def cases(quick: bool = False) -> list[Case]:
     return result
 
 
-def _useful_flops(function: Callable[[], object]) -> int:
-    with FlopCounterMode(display=False) as counter:
-        function()
-    return counter.get_total_flops()
-
-
 def run(quick: bool = False) -> list[Row]:
     """Times every case side by side and returns the rows."""
     rows = []
@@ -100,7 +93,7 @@ def run(quick: bool = False) -> list[Row]:
                 backend=ours_name,
                 anchor=anchor_name,
                 speedup=seconds_anchor / seconds_ours,
-                gflops=_useful_flops(ours) / seconds_ours / 1e9,
+                gflops=useful_flops(ours) / seconds_ours / 1e9,
             )
         )
     return rows

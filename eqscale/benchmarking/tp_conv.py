@@ -16,15 +16,14 @@ import dataclasses
 from collections.abc import Callable, Iterator
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 from eqscale.benchmarking._harness import (
     Row,
     fused_devices,
-    matmul_probe,
     peak_tensor_bytes,
     step_function,
-    time_side_by_side,
+    time_with_matmul_probe,
+    useful_flops,
 )
 from eqscale.ops import tp_conv
 
@@ -118,26 +117,17 @@ def _check_agreement(convolutions: list[Callable[..., torch.Tensor]], inputs: tu
             raise AssertionError("eqscale, e3nn and cuequivariance disagree on the benchmark inputs")
 
 
-def _useful_flops(function: Callable[[], object]) -> int:
-    with FlopCounterMode(display=False) as counter:
-        function()
-    return counter.get_total_flops()
-
-
 def run(quick: bool = False) -> Iterator[Row]:
     """Times every case side by side; one row per anchor, with peak memory ratios, as measured."""
     for case in cases(quick):
         names, functions = zip(*case.contestants.items(), strict=True)
-        probe, probe_flops = matmul_probe(device=case.device)
-        *times, probe_time = time_side_by_side(
-            [*functions, probe], repeats=3 if quick else 5, warmup=1, device=case.device
-        )
-        flops = _useful_flops(functions[0])
+        times, probe_gflops = time_with_matmul_probe(functions, repeats=3 if quick else 5, device=case.device)
+        flops = useful_flops(functions[0])
         memory = [peak_tensor_bytes(function) for function in functions] if case.device.type == "cpu" else None
         for index in range(1, len(names)):
             note = f"peak memory {memory[0] / max(memory[index], 1):.2f}x of {names[index]}'s" if memory else ""
             yield Row(
                 suite="tp_conv", case=case.name, step=case.step, backend=names[0], anchor=names[index],
                 speedup=times[index] / times[0], gflops=flops / times[0] / 1e9,
-                matmul_gflops=probe_flops / probe_time / 1e9, note=note,
+                matmul_gflops=probe_gflops, note=note,
             )
