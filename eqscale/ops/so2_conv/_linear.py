@@ -64,12 +64,8 @@ class _SO2Linear(torch.autograd.Function):
         scaled = edge_feats
         if radial is not None:
             scaled = torch.empty_like(edge_feats)
-            for (m, offset, n), start in zip(blocks, _radial_offsets(blocks), strict=True):
-                torch.mul(
-                    _halves(edge_feats, offset, n, m),
-                    radial[:, None, start : start + n],
-                    out=_halves(scaled, offset, n, m),
-                )
+            for (m, offset, n), scale in zip(blocks, _split_radial(radial, blocks), strict=True):
+                torch.mul(_halves(edge_feats, offset, n, m), scale[:, None], out=_halves(scaled, offset, n, m))
         out = edge_feats.new_empty(num_edges, edge_feats.shape[1], channels_out)
         for (m, offset, n), matrix in zip(
             blocks, _reference.block_matrices(weights, lmax, mmax, channels_in, channels_out), strict=True
@@ -94,16 +90,19 @@ class _SO2Linear(torch.autograd.Function):
         matrices = _reference.block_matrices(weights, lmax, mmax, channels_in, channels_out)
         grad_scaled = torch.empty_like(edge_feats) if need_feats or need_radial else None
         grad_weights = torch.empty_like(weights) if need_weights else None
-        weight_offset = 0
-        for (m, offset, n), matrix in zip(blocks, matrices, strict=True):
+        # Views into grad_weights, one (W0,) or (W1, W2) per order, in the flat layout.
+        grad_matrices = (
+            _reference.split_weights(grad_weights, lmax, mmax, channels_in, channels_out)
+            if need_weights
+            else [None] * len(blocks)
+        )
+        for (m, offset, n), matrix, grad_matrix in zip(blocks, matrices, grad_matrices, strict=True):
             rows = n if m == 0 else 2 * n
             upstream = _rows(grad_out, offset, rows)
             if grad_scaled is not None:
                 torch.mm(upstream, matrix.t(), out=_rows(grad_scaled, offset, rows))
-            if grad_weights is not None:
-                weight_offset = _write_weight_grad(
-                    grad_weights, weight_offset, _rows(scaled, offset, rows).t() @ upstream, m
-                )
+            if grad_matrix is not None:
+                _fold_weight_grad(grad_matrix, _rows(scaled, offset, rows).t() @ upstream)
         grad_feats = grad_radial = None
         if radial is None:
             grad_feats = grad_scaled if need_feats else None
@@ -112,39 +111,33 @@ class _SO2Linear(torch.autograd.Function):
                 grad_feats = torch.empty_like(edge_feats)
             if need_radial:
                 grad_radial = torch.empty_like(radial)
-            for (m, offset, n), start in zip(blocks, _radial_offsets(blocks), strict=True):
+            scales = _split_radial(radial, blocks)
+            grad_scales = _split_radial(grad_radial, blocks) if need_radial else [None] * len(blocks)
+            for (m, offset, n), scale, grad_scale in zip(blocks, scales, grad_scales, strict=True):
                 upstream = _halves(grad_scaled, offset, n, m)
                 if need_feats:
-                    scale = radial[:, None, start : start + n]
-                    torch.mul(upstream, scale, out=_halves(grad_feats, offset, n, m))
-                if need_radial:
-                    torch.sum(
-                        upstream * _halves(edge_feats, offset, n, m), dim=1, out=grad_radial[:, start : start + n]
-                    )
+                    torch.mul(upstream, scale[:, None], out=_halves(grad_feats, offset, n, m))
+                if grad_scale is not None:
+                    torch.sum(upstream * _halves(edge_feats, offset, n, m), dim=1, out=grad_scale)
         return grad_feats, grad_weights, grad_radial, None, None, None
 
 
-def _radial_offsets(blocks: list[tuple[int, int, int]]) -> list[int]:
-    """Row of each order's first multiplier in the radial layout (one row per ``m >= 0, l >= m``)."""
-    offsets, start = [], 0
-    for _, _, n in blocks:
-        offsets.append(start)
-        start += n
-    return offsets
+def _split_radial(radial: torch.Tensor, blocks: list[tuple[int, int, int]]) -> tuple[torch.Tensor, ...]:
+    """Views ``(E, n, C)`` of each order's multipliers (one row per ``m >= 0, l >= m``)."""
+    return radial.split([n for _, _, n in blocks], dim=1)
 
 
-def _write_weight_grad(grad_weights: torch.Tensor, offset: int, block_grad: torch.Tensor, m: int) -> int:
-    """Folds the gradient of one order's GEMM matrix into ``W0`` or ``(W1, W2)``; the next offset."""
-    if m == 0:
-        grad_weights[offset : offset + block_grad.numel()] = block_grad.flatten()
-        return offset + block_grad.numel()
-    rows, columns = block_grad.shape[0] // 2, block_grad.shape[1] // 2
+def _fold_weight_grad(grad_matrix: tuple[torch.Tensor, ...], block_grad: torch.Tensor) -> None:
+    """Writes the gradient of one order's GEMM matrix into its ``(W0,)`` or ``(W1, W2)`` views."""
+    if len(grad_matrix) == 1:
+        grad_matrix[0].copy_(block_grad)
+        return
+    grad_w1, grad_w2 = grad_matrix
+    rows, columns = grad_w1.shape
     top, bottom = block_grad[:rows], block_grad[rows:]
-    size = rows * columns
     # [[W1, W2], [-W2, W1]]: W1 appears on the diagonal, W2 above it and, negated, below.
-    grad_weights[offset : offset + size] = (top[:, :columns] + bottom[:, columns:]).flatten()
-    grad_weights[offset + size : offset + 2 * size] = (top[:, columns:] - bottom[:, :columns]).flatten()
-    return offset + 2 * size
+    torch.add(top[:, :columns], bottom[:, columns:], out=grad_w1)
+    torch.sub(top[:, columns:], bottom[:, :columns], out=grad_w2)
 
 
 def _differentiable_backward(ctx, edge_feats, weights, radial, grad_out):
