@@ -37,6 +37,16 @@ class Row:
     note: str = ""
 
 
+@dataclasses.dataclass
+class Case:
+    """One input configuration of an op suite and the contestants timed on it."""
+
+    name: str
+    step: str
+    device: torch.device
+    contestants: dict[str, Callable[[], object]]  # first entry: eqscale
+
+
 def _synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)

@@ -19,12 +19,18 @@ and radial multipliers). Contestants on the same inputs, timed alternately:
 # ruff: noqa: E741 - l is the physicists' name for the degree
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import torch
 
-from eqscale.benchmarking._harness import Row, fused_devices, step_function, time_with_matmul_probe, useful_flops
+from eqscale.benchmarking._harness import (
+    Case,
+    Row,
+    fused_devices,
+    step_function,
+    time_with_matmul_probe,
+    useful_flops,
+)
 from eqscale.ops.so2_conv import _CPU_KERNELS, _TRITON_KERNELS, num_radial, so2_conv, so2_weight_numel
 
 LS = (2, 4, 6)
@@ -32,16 +38,6 @@ LS = (2, 4, 6)
 # about 25 s at L = 4 and minutes at L = 6 on a 2-core CPU, so it is timed forward only, L <= 4.
 TP_CONV_MAX_L = 4
 STEPS = ("forward", "forward+backward")
-
-
-@dataclasses.dataclass
-class Case:
-    """One configuration: the contestants' step functions on the same inputs."""
-
-    name: str
-    step: str
-    device: torch.device
-    contestants: dict[str, Callable[[], object]]  # first entry: eqscale
 
 
 def _devices() -> list[tuple[torch.device, str]]:

@@ -7,44 +7,13 @@ respect to the vectors, as for forces).
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Callable
-
 import torch
 
-from eqscale.benchmarking._harness import Row, fused_devices, time_side_by_side, useful_flops
+from eqscale.benchmarking._harness import Case, Row, fused_devices, step_function, time_side_by_side, useful_flops
 from eqscale.ops.spherical_harmonics import spherical_harmonics
 
 LMAXES = (2, 4, 6, 8)
 STEPS = ("forward", "forward+backward")
-
-
-@dataclasses.dataclass
-class Case:
-    """One input configuration and the contestants that run on it."""
-
-    name: str
-    step: str
-    device: torch.device
-    contestants: dict[str, Callable[[], object]]  # first entry: eqscale
-
-
-def _step(function: Callable[[torch.Tensor], torch.Tensor], vectors: torch.Tensor, step: str) -> Callable[[], object]:
-    if step == "forward":
-
-        def run():
-            with torch.no_grad():
-                return function(vectors)
-
-        return run
-    leaf = vectors.detach().requires_grad_(True)
-
-    def run_backward():
-        output = function(leaf)
-        (grad,) = torch.autograd.grad(output, leaf, torch.ones_like(output))
-        return grad
-
-    return run_backward
 
 
 def cases(quick: bool = False) -> list[Case]:
@@ -71,8 +40,8 @@ def cases(quick: bool = False) -> list[Case]:
                         step=step,
                         device=device,
                         contestants={
-                            f"eqscale-{backend}": _step(ours, vectors, step),
-                            "e3nn": _step(theirs, vectors, step),
+                            f"eqscale-{backend}": step_function(ours, (vectors,), step),
+                            "e3nn": step_function(theirs, (vectors,), step),
                         },
                     )
                 )

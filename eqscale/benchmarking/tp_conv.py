@@ -12,12 +12,12 @@ with ``create_graph=True`` and a backward through it, as in training on forces).
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Iterator
 
 import torch
 
 from eqscale.benchmarking._harness import (
+    Case,
     Row,
     fused_devices,
     peak_tensor_bytes,
@@ -30,16 +30,6 @@ from eqscale.ops import tp_conv
 LS = (1, 2, 3, 4)
 MULS = (32, 64)
 STEPS = ("forward", "forward+backward", "forward+backward+double-backward")
-
-
-@dataclasses.dataclass
-class Case:
-    """One configuration: the contestants' step functions on the same inputs."""
-
-    name: str
-    step: str
-    device: torch.device
-    contestants: dict[str, Callable[[], object]]  # first entry: eqscale
 
 
 def _modules(lmax: int, mul: int, device: torch.device, backend: str):
