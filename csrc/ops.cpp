@@ -17,8 +17,6 @@ TORCH_LIBRARY(eqscale, m) {
   m.def(
       "radius_graph(Tensor pos, Tensor batch, Tensor cell, Tensor pbc, float cutoff, bool self_interaction, "
       "int max_num_neighbors, bool half) -> (Tensor, Tensor, Tensor)");
-  // Fused tensor-product convolution (csrc/cpu/tp_conv.cpp): the 4-linear form of
-  // eqscale/ops/tp_conv/__init__.py with slot open_slot (0..3) open, i.e. its gradient there.
   // SO(2) convolution rotations (csrc/cpu/so2_conv.cpp): the trilinear form of
   // eqscale/ops/so2_conv/__init__.py with slot open_slot (0 node, 1 wigner, 2 edge) open.
   m.def("so2_rotate_contract(Tensor? node, Tensor? wigner, Tensor? edge, Tensor index, int num_nodes, int open_slot, int lmax, int mmax) -> Tensor");
@@ -26,6 +24,8 @@ TORCH_LIBRARY(eqscale, m) {
   // of rotations (E, 3, 3) by the Ivanic-Ruedenberg recursion, and their vector-Jacobian product.
   m.def("so2_wigner_from_rotation(Tensor rotations, int lmax) -> Tensor");
   m.def("so2_wigner_from_rotation_backward(Tensor rotations, Tensor grad, int lmax) -> Tensor");
+  // Fused tensor-product convolution (csrc/cpu/tp_conv.cpp): the 4-linear form of
+  // eqscale/ops/tp_conv/__init__.py with slot open_slot (0..3) open, i.e. its gradient there.
   m.def("tp_conv_contract(Tensor? node_feats, Tensor? edge_attrs, Tensor? edge_weights, Tensor? grad_out, Tensor edge_index, int num_nodes, int open_slot, Tensor paths, Tensor cg_index, Tensor cg_value, int layout, int[] sizes, bool deterministic, int flops_per_edge) -> Tensor");
 }
 
