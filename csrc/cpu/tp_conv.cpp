@@ -74,8 +74,6 @@ constexpr int64_t kBlock = 32;
 constexpr int64_t kEdgeChunk = 256;
 // Target work (edges + nodes) per task of the node slots: only load balance depends on it.
 constexpr int64_t kNodeTaskWork = 512;
-// How many paths ahead the slices of large source rows are prefetched within a block.
-constexpr size_t kPrefetchPaths = 2;
 // The templated kernels cover degrees l <= kMaxFastL.
 constexpr int64_t kMaxFastL = 4;
 
@@ -165,20 +163,30 @@ struct Simd {
   };
 };
 
-// Chunks of channels handled together: a node slot's accumulator chain has DB independent
-// registers per chunk, too few to hide the FMA latency when l_out is small.
-template <int DB>
+// How the per-edge weight W[u] enters dst_b += sum_a y_ab W src_a: on the a side (z_a = W src_a,
+// DA multiplies) or, when DB < DA, on the b side (t_b = sum_a y_ab src_a, then dst_b += W t_b, DB
+// multiplies). The b-side form also starts a fresh chain t_b per edge, so consecutive edges overlap
+// instead of queueing on the accumulators' FMA latency.
+template <int DA, int DB>
+constexpr bool weight_after() {
+  return DB < DA;
+}
+
+// Vectors of channels per chunk: as many as the 32 vector registers hold (accumulators, the b-side
+// temporaries, the source and weight vectors), because each chunk re-reads the block's y_ab and the
+// accumulators are the only independent FMA chains of the a-side form.
+template <int DA, int DB>
 constexpr int64_t node_unroll() {
-  return DB == 1 ? 4 : (DB == 3 ? 2 : 1);
+  constexpr int64_t per_vector = (weight_after<DA, DB>() ? 2 * DB : DB) + 2;
+  return per_vector * 4 <= 30 ? 4 : (per_vector * 2 <= 30 ? 2 : 1);
 }
 
 // dst_b[u] += sum_e sum_a y_ab(e) W_e[u] src_a(e)[u] over the n edges of a block, where src_a is
 // channel block a of the path in the source node's row. Forward: a = i (x of the sender), b = k;
 // node-feature gradient: a = k (G of the receiver), b = i.
-template <class S, int DA, int DB, int64_t U>
+template <class S, int DA, int DB, int64_t U, bool Weighted>
 EQSCALE_TP_INLINE void node_chunk(const S* __restrict yd, int64_t n, const S* const* src, int64_t src_off,
-                                  const S* const* wts, int64_t woff, bool weighted, S* __restrict dst, int64_t mul,
-                                  int64_t c) {
+                                  const S* const* wts, int64_t woff, S* __restrict dst, int64_t mul, int64_t c) {
   using T = Simd<S>;
   using V = typename T::V;
   constexpr int64_t L = T::lanes;
@@ -188,15 +196,41 @@ EQSCALE_TP_INLINE void node_chunk(const S* __restrict yd, int64_t n, const S* co
   }
   for (int64_t e = 0; e < n; ++e) {
     const S* s = src[e] + src_off + c;
-    V wv[U];
-    EQSCALE_TP_UNROLL for (int64_t q = 0; q < U; ++q) wv[q] = weighted ? T::load(wts[e] + woff + c + q * L) : T::splat(S(1));
     const S* ye = yd + e;
-    EQSCALE_TP_UNROLL for (int a = 0; a < DA; ++a) {
-      V xa[U];
-      EQSCALE_TP_UNROLL for (int64_t q = 0; q < U; ++q) xa[q] = T::load(s + a * mul + q * L) * wv[q];
-      EQSCALE_TP_UNROLL for (int b = 0; b < DB; ++b) {
-        const V yab = T::splat(ye[(a * DB + b) * kBlock]);
-        EQSCALE_TP_UNROLL for (int64_t q = 0; q < U; ++q) acc[q][b] += yab * xa[q];
+    V wv[U];
+    if constexpr (Weighted) {
+      EQSCALE_TP_UNROLL for (int64_t q = 0; q < U; ++q) wv[q] = T::load(wts[e] + woff + c + q * L);
+    }
+    if constexpr (weight_after<DA, DB>()) {
+      V t[U][DB];
+      EQSCALE_TP_UNROLL for (int a = 0; a < DA; ++a) {
+        V xa[U];
+        EQSCALE_TP_UNROLL for (int64_t q = 0; q < U; ++q) xa[q] = T::load(s + a * mul + q * L);
+        EQSCALE_TP_UNROLL for (int b = 0; b < DB; ++b) {
+          const V yab = T::splat(ye[(a * DB + b) * kBlock]);
+          EQSCALE_TP_UNROLL for (int64_t q = 0; q < U; ++q) t[q][b] = a == 0 ? yab * xa[q] : t[q][b] + yab * xa[q];
+        }
+      }
+      EQSCALE_TP_UNROLL for (int64_t q = 0; q < U; ++q) {
+        EQSCALE_TP_UNROLL for (int b = 0; b < DB; ++b) {
+          if constexpr (Weighted) {
+            acc[q][b] += wv[q] * t[q][b];
+          } else {
+            acc[q][b] += t[q][b];
+          }
+        }
+      }
+    } else {
+      EQSCALE_TP_UNROLL for (int a = 0; a < DA; ++a) {
+        V xa[U];
+        EQSCALE_TP_UNROLL for (int64_t q = 0; q < U; ++q) {
+          xa[q] = T::load(s + a * mul + q * L);
+          if constexpr (Weighted) xa[q] *= wv[q];
+        }
+        EQSCALE_TP_UNROLL for (int b = 0; b < DB; ++b) {
+          const V yab = T::splat(ye[(a * DB + b) * kBlock]);
+          EQSCALE_TP_UNROLL for (int64_t q = 0; q < U; ++q) acc[q][b] += yab * xa[q];
+        }
       }
     }
   }
@@ -205,14 +239,27 @@ EQSCALE_TP_INLINE void node_chunk(const S* __restrict yd, int64_t n, const S* co
   }
 }
 
+template <class S, int DA, int DB, bool Weighted>
+void node_kernel_of(const S* yd, int64_t n, const S* const* src, int64_t src_off, const S* const* wts, int64_t woff,
+                    S* dst, int64_t mul) {
+  constexpr int64_t L = Simd<S>::lanes;
+  constexpr int64_t U = node_unroll<DA, DB>();
+  int64_t c = 0;
+  for (; c + U * L <= mul; c += U * L) node_chunk<S, DA, DB, U, Weighted>(yd, n, src, src_off, wts, woff, dst, mul, c);
+  if constexpr (U > 2) {
+    for (; c + 2 * L <= mul; c += 2 * L) node_chunk<S, DA, DB, 2, Weighted>(yd, n, src, src_off, wts, woff, dst, mul, c);
+  }
+  for (; c < mul; c += L) node_chunk<S, DA, DB, 1, Weighted>(yd, n, src, src_off, wts, woff, dst, mul, c);
+}
+
 template <class S, int DA, int DB>
 void node_kernel(const S* yd, int64_t n, const S* const* src, int64_t src_off, const S* const* wts, int64_t woff,
                  bool weighted, S* dst, int64_t mul) {
-  constexpr int64_t L = Simd<S>::lanes;
-  constexpr int64_t U = node_unroll<DB>();
-  int64_t c = 0;
-  for (; c + U * L <= mul; c += U * L) node_chunk<S, DA, DB, U>(yd, n, src, src_off, wts, woff, weighted, dst, mul, c);
-  for (; c < mul; c += L) node_chunk<S, DA, DB, 1>(yd, n, src, src_off, wts, woff, weighted, dst, mul, c);
+  if (weighted) {
+    node_kernel_of<S, DA, DB, true>(yd, n, src, src_off, wts, woff, dst, mul);
+  } else {
+    node_kernel_of<S, DA, DB, false>(yd, n, src, src_off, wts, woff, dst, mul);
+  }
 }
 
 // gW[u] (+)= sum_a x_a[u] sum_b y_ab G_b[u] for one edge (a = i, b = k); y_ab at yd[ab * kBlock].
@@ -445,6 +492,63 @@ int64_t generic_scratch_size(const std::vector<Path>& paths) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Layouts
+// ---------------------------------------------------------------------------------------------
+
+// An irreps block [off, off + mul d) of a node row: the caller's mul_ir layout stores component (u, i)
+// at off + u d + i, the kernels' canonical ir_mul layout at off + i mul + u.
+struct Block {
+  int64_t off, mul, d;
+};
+
+// The blocks of a node tensor that the paths reference and that the two layouts order differently
+// (d > 1), after checking that they do not overlap. Columns outside them are copied unchanged.
+std::vector<Block> layout_blocks(const std::vector<Path>& paths, bool in1, int64_t dim, const char* name) {
+  std::vector<int64_t> owner(dim, -1), block_mul(dim, -1), block_dim(dim, -1);
+  std::vector<Block> blocks;
+  for (const Path& p : paths) {
+    const int64_t off = in1 ? p.off1 : p.offo, mul = in1 ? p.mul1 : p.mulo, d = in1 ? p.d1 : p.dout;
+    if (owner[off] == off && block_mul[off] == mul && block_dim[off] == d) continue;  // listed already
+    for (int64_t c = off; c < off + mul * d; ++c) {
+      TORCH_CHECK(owner[c] == -1 || (owner[c] == off && block_mul[c] == mul && block_dim[c] == d), kOp,
+                  ": paths reference overlapping or inconsistent blocks of ", name, " (offsets ", owner[c], " and ",
+                  off, ")");
+      owner[c] = off;
+      block_mul[c] = mul;
+      block_dim[c] = d;
+    }
+    if (d > 1 && mul > 1) blocks.push_back({off, mul, d});
+  }
+  return blocks;
+}
+
+// One node row from the caller's layout to the canonical one (ToCanonical) or back. The writes are
+// sequential and the strided reads stay within one row (in L1): a per-column index table measured
+// as the costliest part of writing the forward's output rows.
+template <bool ToCanonical, class S>
+void permute_row(const S* __restrict src, S* __restrict dst, int64_t dim, const std::vector<Block>& blocks) {
+  std::memcpy(dst, src, dim * sizeof(S));
+  for (const Block& b : blocks) {
+    const S* s = src + b.off;
+    S* o = dst + b.off;
+    if (ToCanonical) {
+      for (int64_t i = 0; i < b.d; ++i)
+        for (int64_t u = 0; u < b.mul; ++u) o[i * b.mul + u] = s[u * b.d + i];
+    } else {
+      for (int64_t u = 0; u < b.mul; ++u)
+        for (int64_t i = 0; i < b.d; ++i) o[u * b.d + i] = s[i * b.mul + u];
+    }
+  }
+}
+
+template <class S>
+void canonicalize(const S* raw, int64_t rows, int64_t dim, const std::vector<Block>& blocks, S* canon) {
+  parallel_for(0, rows, 64, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) permute_row<true>(raw + r * dim, canon + r * dim, dim, blocks);
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
 // Block helpers of the fast paths
 // ---------------------------------------------------------------------------------------------
 
@@ -458,31 +562,32 @@ void gather_attrs(const Problem<S>& pr, const int64_t* edges, int64_t n, S* yt) 
   }
 }
 
+#ifdef EQSCALE_TP_SIMD
 // yd[ab][e] = sum over the cell's entries of c Y_e[off2 + j], every cell written (zeros included).
+// Always the whole block width: fixed-size vector code instead of a loop over n per CG entry (the
+// columns of edges past n hold finite leftovers that nobody reads).
 template <class S>
-void form_cells(const Problem<S>& pr, int64_t path, const S* yt, int64_t n, S* yd) {
+void form_cells(const Problem<S>& pr, int64_t path, const S* yt, S* yd) {
+  using T = Simd<S>;
+  using V = typename T::V;
+  constexpr int64_t R = kBlock / T::lanes;
   const Path& p = pr.paths[path];
   const auto& cells = pr.cells[path];
-  const auto& list = pr.cell_entries[path];
+  const auto* list = pr.cell_entries[path].data();
+  const S* base = yt + p.off2 * kBlock;
   for (size_t ab = 0; ab < cells.size(); ++ab) {
-    S* __restrict row = yd + ab * kBlock;
     const Cell cell = cells[ab];
-    if (cell.count == 0) {
-      std::fill(row, row + n, S(0));
-      continue;
+    V r[R];
+    EQSCALE_TP_UNROLL for (int64_t q = 0; q < R; ++q) r[q] = T::splat(S(0));
+    for (int64_t t = cell.first; t < cell.first + cell.count; ++t) {
+      const V c = T::splat(list[t].second);
+      const S* col = base + list[t].first * kBlock;
+      EQSCALE_TP_UNROLL for (int64_t q = 0; q < R; ++q) r[q] += c * T::load(col + q * T::lanes);
     }
-    {
-      const S c = list[cell.first].second;
-      const S* __restrict col = yt + (p.off2 + list[cell.first].first) * kBlock;
-      for (int64_t e = 0; e < n; ++e) row[e] = c * col[e];
-    }
-    for (int64_t t = 1; t < cell.count; ++t) {
-      const S c = list[cell.first + t].second;
-      const S* __restrict col = yt + (p.off2 + list[cell.first + t].first) * kBlock;
-      for (int64_t e = 0; e < n; ++e) row[e] += c * col[e];
-    }
+    EQSCALE_TP_UNROLL for (int64_t q = 0; q < R; ++q) T::store(yd + ab * kBlock + q * T::lanes, r[q]);
   }
 }
+#endif
 
 // ---------------------------------------------------------------------------------------------
 // Drivers
@@ -541,7 +646,7 @@ void group_edges(const int64_t* keys, int64_t num_edges, int64_t rows, std::vect
 // Slots 3 (by receiver) and 0 (by sender): every destination row is summed over its edges in edge
 // order into thread-local scratch and written once.
 template <class S>
-void node_slot(const Problem<S>& pr, int64_t slot, const int64_t* perm_dst, S* out) {
+void node_slot(const Problem<S>& pr, int64_t slot, const std::vector<Block>* mul_ir_blocks, S* out) {
   const bool forward = slot == kOutput;
   const int64_t rows = forward ? pr.num_nodes : pr.sender_rows;
   const int64_t dst_dim = forward ? pr.dimo : pr.dim1;
@@ -572,17 +677,14 @@ void node_slot(const Problem<S>& pr, int64_t slot, const int64_t* perm_dst, S* o
   const int64_t scratch_size = generic_scratch_size<S>(pr.paths);
 
   // Prefetching (see prefetch_slices): while path t of a block computes, path t's slices of the next
-  // block's weight rows are requested, and of its source rows when these are small (x rows of the
-  // forward). Large source rows (G rows of the node-feature gradient, often larger than L2 for a
-  // block) are requested for the current block, kPrefetchPaths paths ahead.
-  const bool src_next_block = src_dim * static_cast<int64_t>(sizeof(S)) <= 8192;
-
+  // block's weight rows are requested. The source rows (x or G) are not: they come from a node
+  // tensor that mostly stays in L2, and requesting them measured slower (more instructions, no
+  // fewer stalls) for the forward and the node-feature gradient alike.
   parallel_for(0, static_cast<int64_t>(bounds.size()) - 1, 1, [&](int64_t task_begin, int64_t task_end) {
     std::vector<S> row(dst_dim), scratch(scratch_size), yt(any_fast ? pr.dim2 * kBlock : 0),
         yd(any_fast ? cells_max * kBlock : 0);
     const S* src[kBlock];
     const S* wts[kBlock];
-    const S* next_src[kBlock];
     const S* next_wts[kBlock];
     for (int64_t task = task_begin; task < task_end; ++task) {
       for (int64_t r = bounds[task]; r < bounds[task + 1]; ++r) {
@@ -595,36 +697,14 @@ void node_slot(const Problem<S>& pr, int64_t slot, const int64_t* perm_dst, S* o
             wts[e] = pr.weights_of(edges[e]);
           }
           const int64_t next_n = std::min(kBlock, pr.num_edges - (pos + n));
-          for (int64_t e = 0; e < next_n; ++e) {
-            const int64_t edge = order[pos + n + e];
-            next_src[e] = src_base + other[edge] * src_dim;
-            next_wts[e] = pr.shared ? nullptr : pr.weights_of(edge);
-          }
+          for (int64_t e = 0; e < next_n; ++e) next_wts[e] = pr.shared ? nullptr : pr.weights_of(order[pos + n + e]);
           if (any_fast) gather_attrs(pr, edges, n, yt.data());
-          auto src_slice = [&](const Path& p, int64_t& offset, int64_t& len) {
-            offset = forward ? p.off1 : p.offo;
-            len = forward ? p.d1 * p.mul1 : p.dout * p.mulo;
-          };
-          auto prefetch_current = [&](size_t t) {
-            if (src_next_block || t >= pr.paths.size()) return;
-            int64_t offset, len;
-            src_slice(pr.paths[t], offset, len);
-            prefetch_slices<false>(src, n, offset, len);
-          };
-          for (size_t t = 0; t < kPrefetchPaths; ++t) prefetch_current(t);
           for (size_t t = 0; t < pr.paths.size(); ++t) {
             const Path& p = pr.paths[t];
-            prefetch_current(t + kPrefetchPaths);
             prefetch_slices<false>(next_wts, next_n, p.woff, path_weight_numel(p));
-            if (src_next_block) {
-              int64_t offset, len, previous = -1, unused;
-              src_slice(p, offset, len);
-              if (t > 0) src_slice(pr.paths[t - 1], previous, unused);
-              if (offset != previous) prefetch_slices<false>(next_src, next_n, offset, len);
-            }
 #ifdef EQSCALE_TP_SIMD
             if (p.fast) {
-              form_cells(pr, t, yt.data(), n, yd.data());
+              form_cells(pr, t, yt.data(), yd.data());
               const int64_t da = forward ? p.d1 : p.dout, db = forward ? p.dout : p.d1;
               node_fn<S>(da, db)(yd.data(), n, src, forward ? p.off1 : p.offo, wts, p.woff, p.has_weight != 0,
                                  row.data() + (forward ? p.offo : p.off1), p.mul1);
@@ -639,10 +719,10 @@ void node_slot(const Problem<S>& pr, int64_t slot, const int64_t* perm_dst, S* o
           }
         }
         S* dst = out + r * dst_dim;
-        if (perm_dst == nullptr) {
+        if (mul_ir_blocks == nullptr) {
           std::copy(row.begin(), row.end(), dst);
         } else {
-          for (int64_t c = 0; c < dst_dim; ++c) dst[perm_dst[c]] = row[c];
+          permute_row<false>(row.data(), dst, dst_dim, *mul_ir_blocks);
         }
       }
     }
@@ -734,7 +814,7 @@ void edge_slot(const Problem<S>& pr, int64_t slot, S* out) {
           if (slot == kEdgeWeights && !p.has_weight) continue;
 #ifdef EQSCALE_TP_SIMD
           if (p.fast && slot == kEdgeWeights) {
-            form_cells(pr, t, yt.data(), n, yd.data());
+            form_cells(pr, t, yt.data(), yd.data());
             const WeightFn<S> fn = weight_fn<S>(p.d1, p.dout);
             for (int64_t e = 0; e < n; ++e)
               fn(yd.data() + e, xs[e] + p.off1, gs[e] + p.offo, outs[e] + p.woff, p.mul1, shared);
@@ -779,35 +859,6 @@ void edge_slot(const Problem<S>& pr, int64_t slot, S* out) {
 // ---------------------------------------------------------------------------------------------
 // Validation and set-up
 // ---------------------------------------------------------------------------------------------
-
-// perm[canonical column] = column in the caller's layout, for a node tensor whose irreps blocks are
-// those the paths reference (columns outside them are never read and stay in place).
-std::vector<int64_t> layout_permutation(const std::vector<Path>& paths, bool in1, int64_t dim, const char* name) {
-  std::vector<int64_t> perm(dim), owner(dim, -1), block_mul(dim, -1), block_dim(dim, -1);
-  for (int64_t c = 0; c < dim; ++c) perm[c] = c;
-  for (const Path& p : paths) {
-    const int64_t off = in1 ? p.off1 : p.offo, mul = in1 ? p.mul1 : p.mulo, d = in1 ? p.d1 : p.dout;
-    for (int64_t c = off; c < off + mul * d; ++c) {
-      TORCH_CHECK(owner[c] == -1 || (owner[c] == off && block_mul[c] == mul && block_dim[c] == d), kOp,
-                  ": paths reference overlapping or inconsistent blocks of ", name, " (offsets ", owner[c], " and ",
-                  off, ")");
-      owner[c] = off;
-      block_mul[c] = mul;
-      block_dim[c] = d;
-    }
-    for (int64_t i = 0; i < d; ++i)
-      for (int64_t u = 0; u < mul; ++u) perm[off + i * mul + u] = off + u * d + i;
-  }
-  return perm;
-}
-
-template <class S>
-void canonicalize(const S* raw, int64_t rows, int64_t dim, const std::vector<int64_t>& perm, S* canon) {
-  parallel_for(0, rows, 64, [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r)
-      for (int64_t c = 0; c < dim; ++c) canon[r * dim + c] = raw[r * dim + perm[c]];
-  });
-}
 
 void check_float(const char* name, const at::Tensor& t, at::ScalarType dtype, at::IntArrayRef shape,
                  const char* shape_text) {
@@ -924,22 +975,22 @@ at::Tensor contract(const at::Tensor* slots, const at::Tensor& edge_index, int64
   }
 
   // Canonical (ir_mul) copies of the node operands when the caller's layout is mul_ir.
-  std::vector<int64_t> perm1, permo;
+  std::vector<Block> blocks1, blockso;
   at::Tensor x_canon, g_canon;
   if (layout == 0) {
-    perm1 = layout_permutation(pr.paths, true, pr.dim1, "node_feats");
-    permo = layout_permutation(pr.paths, false, pr.dimo, "grad_out");
+    blocks1 = layout_blocks(pr.paths, true, pr.dim1, "node_feats");
+    blockso = layout_blocks(pr.paths, false, pr.dimo, "grad_out");
   }
-  auto node_operand = [&](const at::Tensor& t, int64_t rows, int64_t dim, const std::vector<int64_t>& perm,
+  auto node_operand = [&](const at::Tensor& t, int64_t rows, int64_t dim, const std::vector<Block>& blocks,
                           at::Tensor& keep) -> const S* {
     if (!t.defined()) return nullptr;
     if (layout == 1) return t.data_ptr<S>();
     keep = at::empty({rows, dim}, options);
-    canonicalize<S>(t.data_ptr<S>(), rows, dim, perm, keep.data_ptr<S>());
+    canonicalize<S>(t.data_ptr<S>(), rows, dim, blocks, keep.data_ptr<S>());
     return keep.data_ptr<S>();
   };
-  pr.x = node_operand(slots[kNodeFeats], pr.sender_rows, pr.dim1, perm1, x_canon);
-  pr.g = node_operand(slots[kOutput], num_nodes, pr.dimo, permo, g_canon);
+  pr.x = node_operand(slots[kNodeFeats], pr.sender_rows, pr.dim1, blocks1, x_canon);
+  pr.g = node_operand(slots[kOutput], num_nodes, pr.dimo, blockso, g_canon);
   pr.y = slots[kEdgeAttrs].defined() ? slots[kEdgeAttrs].data_ptr<S>() : nullptr;
   pr.w = slots[kEdgeWeights].defined() && pr.weight_numel > 0 ? slots[kEdgeWeights].data_ptr<S>() : nullptr;
 
@@ -947,7 +998,7 @@ at::Tensor contract(const at::Tensor* slots, const at::Tensor& edge_index, int64
   if (slot == kOutput || slot == kNodeFeats) {
     const bool forward = slot == kOutput;
     out = at::empty({forward ? num_nodes : pr.sender_rows, forward ? pr.dimo : pr.dim1}, options);
-    node_slot<S>(pr, slot, layout == 0 ? (forward ? permo : perm1).data() : nullptr, out.data_ptr<S>());
+    node_slot<S>(pr, slot, layout == 0 ? (forward ? &blockso : &blocks1) : nullptr, out.data_ptr<S>());
   } else if (slot == kEdgeAttrs) {
     out = empty_huge({pr.num_edges, pr.dim2}, options);
     edge_slot<S>(pr, slot, out.data_ptr<S>());
