@@ -27,6 +27,9 @@ TORCH_LIBRARY(eqscale, m) {
   // Fused tensor-product convolution (csrc/cpu/tp_conv.cpp): the 4-linear form of
   // eqscale/ops/tp_conv/__init__.py with slot open_slot (0..3) open, i.e. its gradient there.
   m.def("tp_conv_contract(Tensor? node_feats, Tensor? edge_attrs, Tensor? edge_weights, Tensor? grad_out, Tensor edge_index, int num_nodes, int open_slot, Tensor paths, Tensor cg_index, Tensor cg_value, int layout, int[] sizes, bool deterministic, int flops_per_edge) -> Tensor");
+  // Its backward: the open slots 0, 1 and 2 at once given grad_out (bit mask wanted: 1 node_feats,
+  // 2 edge_attrs, 4 edge_weights; the others come back as empty (0,) tensors).
+  m.def("tp_conv_backward(Tensor node_feats, Tensor edge_attrs, Tensor? edge_weights, Tensor grad_out, Tensor edge_index, int num_nodes, int wanted, Tensor paths, Tensor cg_index, Tensor cg_value, int layout, int[] sizes, bool deterministic, int flops_per_edge) -> (Tensor, Tensor, Tensor)");
 }
 
 // Importing eqscale._C is what runs the registrations above; the module itself exports nothing.

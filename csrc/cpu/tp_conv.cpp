@@ -31,8 +31,13 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#if defined(__AVX__)
+#include <immintrin.h>
+#endif
+#include <array>
 #include <cstdint>
 #include <cstring>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -110,9 +115,50 @@ struct Problem {
   // (j, c). Slot 1: one cell per component j of the edge attributes, entries (i dout + k, c).
   std::vector<std::vector<Cell>> cells;
   std::vector<std::vector<std::pair<int64_t, S>>> cell_entries;
+  // The fused backward (backward_fused) reads the cells of slot 3 above and, for the products
+  // P_jk = sum_i c x_i of the sender, the (j, k) cells here, entries (i, c).
+  std::vector<std::vector<Cell>> sender_cells;
+  std::vector<std::vector<std::pair<int64_t, S>>> sender_cell_entries;
 
   const S* weights_of(int64_t edge) const { return w == nullptr ? nullptr : (shared ? w : w + edge * weight_numel); }
 };
+
+// ---------------------------------------------------------------------------------------------
+// Prefetching
+// ---------------------------------------------------------------------------------------------
+
+// Requests rows[e][offset, offset + len) of a block's edges into cache (null rows are skipped). The
+// rows (per-edge weights, node features) are scattered in memory, since edges are visited sorted by
+// node, and each (edge, path) touches only a short slice of its row: without prefetching, every
+// slice is a cache miss waited on in turn, which measured slower than the arithmetic itself. The
+// requests are spread over the path loop: a burst of a whole block's rows stalls on the few
+// outstanding misses the core allows.
+template <bool Write>
+EQSCALE_TP_INLINE void prefetch_line(const char* address) {
+#if (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(__i386__))
+  // GCC's dead-code elimination deletes loops whose only statement is __builtin_prefetch (the loop
+  // "has no side effects"); a volatile asm survives.
+  if (Write) {
+    asm volatile("prefetchw %0" : : "m"(*address));
+  } else {
+    asm volatile("prefetcht0 %0" : : "m"(*address));
+  }
+#elif defined(__GNUC__) || defined(__clang__)
+  __builtin_prefetch(address, Write ? 1 : 0, 3);
+#else
+  (void)address;
+#endif
+}
+
+template <bool Write, class S>
+EQSCALE_TP_INLINE void prefetch_slices(const S* const* rows, int64_t n, int64_t offset, int64_t len) {
+  const int64_t bytes = len * static_cast<int64_t>(sizeof(S));
+  for (int64_t e = 0; e < n; ++e) {
+    if (rows[e] == nullptr) continue;
+    const char* base = reinterpret_cast<const char*>(rows[e] + offset);
+    for (int64_t b = 0; b < bytes; b += 64) prefetch_line<Write>(base + b);
+  }
+}
 
 // ---------------------------------------------------------------------------------------------
 // Templated kernels (uvu, one edge channel)
@@ -135,6 +181,31 @@ struct Simd {
     return v;
   }
   EQSCALE_TP_INLINE static void store(S* p, const V& v) { std::memcpy(p, &v, sizeof(V)); }
+  // A store that bypasses the caches (p aligned to the vector size) for large outputs written once:
+  // it saves reading each line in before overwriting it. Needs fence() before others read them.
+  EQSCALE_TP_INLINE static void stream(S* p, const V& v) {
+#if defined(__AVX512F__)
+    if constexpr (sizeof(S) == 4) {
+      _mm512_stream_ps(reinterpret_cast<float*>(p), reinterpret_cast<const __m512&>(v));
+    } else {
+      _mm512_stream_pd(reinterpret_cast<double*>(p), reinterpret_cast<const __m512d&>(v));
+    }
+#elif defined(__AVX__)
+    if constexpr (sizeof(S) == 4) {
+      _mm256_stream_ps(reinterpret_cast<float*>(p), reinterpret_cast<const __m256&>(v));
+    } else {
+      _mm256_stream_pd(reinterpret_cast<double*>(p), reinterpret_cast<const __m256d&>(v));
+    }
+#else
+    store(p, v);
+#endif
+  }
+  EQSCALE_TP_INLINE static bool aligned(const S* p) { return reinterpret_cast<uintptr_t>(p) % sizeof(V) == 0; }
+  EQSCALE_TP_INLINE static void fence() {
+#if defined(__AVX__)
+    _mm_sfence();
+#endif
+  }
   // A braced list of copies compiles to one broadcast from memory; V{} + s costs an add (0 + s is
   // no identity for -0) and an element loop may be vectorised into a wide load.
   template <size_t... I>
@@ -302,12 +373,135 @@ void attr_kernel(const S* __restrict x, const S* __restrict w, const S* __restri
   }
 }
 
+// The fused backward (backward_fused) of one path for one edge and a chunk of U channel vectors.
+// ye[ik * kBlock] holds y_ik = sum_j c Y_j, x the sender's row, g the receiver's, w the edge's
+// weights (a row of ones when the path has none). Both variants accumulate the sender's gradient row
+//   gx_i += W z_i,  z_i = sum_k y_ik G_k,
+// and differ in how they get the weight gradient gW = sum_ik y_ik x_i G_k (written once, when gw is
+// not null) and the edge-attribute gradient gY_j = sum_ik C_ijk <W x_i, G_k>:
+//   * without the latter, gW = sum_i x_i z_i reuses z;
+//   * with it, both come from R_j = sum_k P_jk G_k, where P_jk = sum_i C_ijk x_i depends on the
+//     sender only (sender_products, once per block): gW = sum_j Y_j R_j and gY_j = <W, R_j>, whose
+//     SIMD partial sums are added to gy (one vector per component j; reduced once per edge, not once
+//     per path). G_k stays in registers for both.
+template <class S, int D1, int DO>
+constexpr int64_t backward_unroll() {
+  return DO <= 3 ? 4 : (DO <= 9 ? 2 : 1);
+}
+
+template <class S, int D1, int DO, bool WantAttrs, int64_t U>
+EQSCALE_TP_INLINE void backward_chunk(const S* __restrict ye, const S* __restrict x, const S* __restrict g,
+                                      const S* __restrict w, S* __restrict gx, S* __restrict gw,
+                                      const S* __restrict products, const S* __restrict yj, int64_t d2,
+                                      S* __restrict gy, int64_t mul, int64_t c) {
+  using T = Simd<S>;
+  using V = typename T::V;
+  constexpr int64_t L = T::lanes;
+  V wv[U], gk[DO][U], gw_acc[U];
+  EQSCALE_TP_UNROLL for (int64_t u = 0; u < U; ++u) {
+    wv[u] = T::load(w + c + u * L);
+    gw_acc[u] = T::splat(S(0));
+  }
+  EQSCALE_TP_UNROLL for (int k = 0; k < DO; ++k) {
+    EQSCALE_TP_UNROLL for (int64_t u = 0; u < U; ++u) gk[k][u] = T::load(g + k * mul + c + u * L);
+  }
+  EQSCALE_TP_UNROLL for (int i = 0; i < D1; ++i) {
+    V z[U];
+    EQSCALE_TP_UNROLL for (int k = 0; k < DO; ++k) {
+      const V yik = T::splat(ye[(i * DO + k) * kBlock]);
+      EQSCALE_TP_UNROLL for (int64_t u = 0; u < U; ++u) z[u] = k == 0 ? yik * gk[k][u] : z[u] + yik * gk[k][u];
+    }
+    EQSCALE_TP_UNROLL for (int64_t u = 0; u < U; ++u) {
+      S* gxi = gx + i * mul + c + u * L;
+      T::store(gxi, T::load(gxi) + wv[u] * z[u]);
+      if constexpr (!WantAttrs) gw_acc[u] += T::load(x + i * mul + c + u * L) * z[u];
+    }
+  }
+  if constexpr (WantAttrs) {
+    for (int64_t j = 0; j < d2; ++j) {
+      const S* pj = products + j * DO * mul + c;
+      V r[U];
+      EQSCALE_TP_UNROLL for (int k = 0; k < DO; ++k) {
+        EQSCALE_TP_UNROLL for (int64_t u = 0; u < U; ++u) {
+          const V pjk = T::load(pj + k * mul + u * L);
+          r[u] = k == 0 ? pjk * gk[k][u] : r[u] + pjk * gk[k][u];
+        }
+      }
+      const V y = T::splat(yj[j * kBlock]);
+      V part = wv[0] * r[0];
+      gw_acc[0] += y * r[0];
+      EQSCALE_TP_UNROLL for (int64_t u = 1; u < U; ++u) {
+        part += wv[u] * r[u];
+        gw_acc[u] += y * r[u];
+      }
+      T::store(gy + j * L, T::load(gy + j * L) + part);
+    }
+  }
+  if (gw != nullptr) {
+    if (T::aligned(gw)) {
+      EQSCALE_TP_UNROLL for (int64_t u = 0; u < U; ++u) T::stream(gw + c + u * L, gw_acc[u]);
+    } else {
+      EQSCALE_TP_UNROLL for (int64_t u = 0; u < U; ++u) T::store(gw + c + u * L, gw_acc[u]);
+    }
+  }
+}
+
+// backward_chunk over all channels of the n edges of a block from one sender. yt: the block's
+// transposed edge attributes at the path's first component; gy: the block's per-edge partial sums
+// (e * gy_stride + j) * lanes at the path's first component.
+template <class S, int D1, int DO, bool WantAttrs>
+void backward_block(const S* yd, int64_t n, const S* x, const S* const* gs, int64_t goff, const S* const* ws,
+                    int64_t woff, S* gx, S* const* gws, int64_t gwoff, const S* products, const S* yt, int64_t d2,
+                    S* gy, int64_t gy_stride, int64_t mul) {
+  constexpr int64_t L = Simd<S>::lanes;
+  constexpr int64_t U = backward_unroll<S, D1, DO>();
+  for (int64_t e = 0; e < n; ++e) {
+    const S* g = gs[e] + goff;
+    const S* w = ws[e] + woff;
+    S* gw = gws[e] == nullptr ? nullptr : gws[e] + gwoff;
+    S* gye = gy + e * gy_stride * L;
+    // The receiver rows (G) are the largest node operand and mostly come from L3: requested two
+    // edges ahead (the same at one or three), this took the backward from 170 to 130 ms single-threaded.
+    if (e + 2 < n) {
+      const char* next = reinterpret_cast<const char*>(gs[e + 2] + goff);
+      for (int64_t b = 0; b < DO * mul * static_cast<int64_t>(sizeof(S)); b += 64) prefetch_line<false>(next + b);
+    }
+    int64_t c = 0;
+    if constexpr (U >= 4) {
+      for (; c + 4 * L <= mul; c += 4 * L)
+        backward_chunk<S, D1, DO, WantAttrs, 4>(yd + e, x, g, w, gx, gw, products, yt + e, d2, gye, mul, c);
+    }
+    if constexpr (U >= 2) {
+      for (; c + 2 * L <= mul; c += 2 * L)
+        backward_chunk<S, D1, DO, WantAttrs, 2>(yd + e, x, g, w, gx, gw, products, yt + e, d2, gye, mul, c);
+    }
+    for (; c < mul; c += L)
+      backward_chunk<S, D1, DO, WantAttrs, 1>(yd + e, x, g, w, gx, gw, products, yt + e, d2, gye, mul, c);
+  }
+}
+
 template <class S>
 using NodeFn = void (*)(const S*, int64_t, const S* const*, int64_t, const S* const*, int64_t, bool, S*, int64_t);
 template <class S>
 using WeightFn = void (*)(const S*, const S*, const S*, S*, int64_t, bool);
 template <class S>
 using AttrFn = void (*)(const S*, const S*, const S*, S*, int64_t);
+template <class S>
+using BackwardFn = void (*)(const S*, int64_t, const S*, const S* const*, int64_t, const S* const*, int64_t, S*,
+                            S* const*, int64_t, const S*, const S*, int64_t, S*, int64_t, int64_t);
+// The two variants of backward_block under names that fit EQSCALE_TP_TABLE.
+template <class S, int DA, int DB>
+void backward_kernel_with_attrs(const S* yd, int64_t n, const S* x, const S* const* gs, int64_t goff,
+                                const S* const* ws, int64_t woff, S* gx, S* const* gws, int64_t gwoff,
+                                const S* products, const S* yt, int64_t d2, S* gy, int64_t gy_stride, int64_t mul) {
+  backward_block<S, DA, DB, true>(yd, n, x, gs, goff, ws, woff, gx, gws, gwoff, products, yt, d2, gy, gy_stride, mul);
+}
+template <class S, int DA, int DB>
+void backward_kernel_without_attrs(const S* yd, int64_t n, const S* x, const S* const* gs, int64_t goff,
+                                   const S* const* ws, int64_t woff, S* gx, S* const* gws, int64_t gwoff,
+                                   const S* products, const S* yt, int64_t d2, S* gy, int64_t gy_stride, int64_t mul) {
+  backward_block<S, DA, DB, false>(yd, n, x, gs, goff, ws, woff, gx, gws, gwoff, products, yt, d2, gy, gy_stride, mul);
+}
 
 #define EQSCALE_TP_CASES(KERNEL, A)                                                                            \
   case A * 16 + 1: return &KERNEL<S, A, 1>;                                                                    \
@@ -331,6 +525,13 @@ template <class S>
 WeightFn<S> weight_fn(int64_t da, int64_t db) { EQSCALE_TP_TABLE(weight_kernel) }
 template <class S>
 AttrFn<S> attr_fn(int64_t da, int64_t db) { EQSCALE_TP_TABLE(attr_kernel) }
+template <class S>
+BackwardFn<S> backward_fn(int64_t da, int64_t db, bool with_attrs) {
+  if (with_attrs) {
+    EQSCALE_TP_TABLE(backward_kernel_with_attrs)
+  }
+  EQSCALE_TP_TABLE(backward_kernel_without_attrs)
+}
 
 template <class S>
 constexpr int64_t simd_lanes() { return Simd<S>::lanes; }
@@ -599,39 +800,6 @@ int64_t path_weight_numel(const Path& p) {
   return p.mode == kUVW ? p.mul1 * p.mul2 * p.mulo : (p.mode == kUVU ? p.mul1 * p.mul2 : p.mul1);
 }
 
-// Requests rows[e][offset, offset + len) of a block's edges into cache (null rows are skipped). The
-// rows (per-edge weights, node features) are scattered in memory, since edges are visited sorted by
-// node, and each (edge, path) touches only a short slice of its row: without prefetching, every
-// slice is a cache miss waited on in turn, which measured slower than the arithmetic itself. The
-// requests are spread over the path loop: a burst of a whole block's rows stalls on the few
-// outstanding misses the core allows.
-template <bool Write>
-EQSCALE_TP_INLINE void prefetch_line(const char* address) {
-#if (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(__i386__))
-  // GCC's dead-code elimination deletes loops whose only statement is __builtin_prefetch (the loop
-  // "has no side effects"); a volatile asm survives.
-  if (Write) {
-    asm volatile("prefetchw %0" : : "m"(*address));
-  } else {
-    asm volatile("prefetcht0 %0" : : "m"(*address));
-  }
-#elif defined(__GNUC__) || defined(__clang__)
-  __builtin_prefetch(address, Write ? 1 : 0, 3);
-#else
-  (void)address;
-#endif
-}
-
-template <bool Write, class S>
-EQSCALE_TP_INLINE void prefetch_slices(const S* const* rows, int64_t n, int64_t offset, int64_t len) {
-  const int64_t bytes = len * static_cast<int64_t>(sizeof(S));
-  for (int64_t e = 0; e < n; ++e) {
-    if (rows[e] == nullptr) continue;
-    const char* base = reinterpret_cast<const char*>(rows[e] + offset);
-    for (int64_t b = 0; b < bytes; b += 64) prefetch_line<Write>(base + b);
-  }
-}
-
 // Stable counting sort of the edges by key: offsets (rows + 1) and the sorted edge ids.
 void group_edges(const int64_t* keys, int64_t num_edges, int64_t rows, std::vector<int64_t>& offsets,
                  std::vector<int64_t>& order) {
@@ -641,6 +809,43 @@ void group_edges(const int64_t* keys, int64_t num_edges, int64_t rows, std::vect
   std::vector<int64_t> cursor(offsets.begin(), offsets.end() - 1);
   order.resize(num_edges);
   for (int64_t e = 0; e < num_edges; ++e) order[cursor[keys[e]]++] = e;
+}
+
+// Row ranges [bounds[t], bounds[t + 1]) of the node-slot tasks, of about kNodeTaskWork edges and
+// rows each; offsets are the CSR offsets of the rows' edges.
+std::vector<int64_t> node_tasks(const std::vector<int64_t>& offsets, int64_t rows) {
+  std::vector<int64_t> bounds{0};
+  int64_t work = 0;
+  for (int64_t r = 0; r < rows; ++r) {
+    work += 1 + offsets[r + 1] - offsets[r];
+    if (work >= kNodeTaskWork) {
+      bounds.push_back(r + 1);
+      work = 0;
+    }
+  }
+  if (bounds.back() != rows) bounds.push_back(rows);
+  return bounds;
+}
+
+// Columns [begin, end) of a per-edge output row that need zeros first: all of them, except, for a
+// weight gradient, the weight slices that the templated kernels write outright.
+template <class S>
+std::vector<std::pair<int64_t, int64_t>> unwritten_columns(const Problem<S>& pr, bool weights, int64_t out_dim) {
+  std::vector<char> written(out_dim, 0);
+  if (weights)
+    for (const Path& p : pr.paths)
+      if (p.fast && p.has_weight) std::fill(written.begin() + p.woff, written.begin() + p.woff + p.mul1, 1);
+  std::vector<std::pair<int64_t, int64_t>> ranges;
+  for (int64_t c = 0; c < out_dim;) {
+    if (written[c]) {
+      ++c;
+      continue;
+    }
+    const int64_t start = c;
+    while (c < out_dim && !written[c]) ++c;
+    ranges.push_back({start, c});
+  }
+  return ranges;
 }
 
 // Slots 3 (by receiver) and 0 (by sender): every destination row is summed over its edges in edge
@@ -657,16 +862,7 @@ void node_slot(const Problem<S>& pr, int64_t slot, const std::vector<Block>* mul
   std::vector<int64_t> offsets, order;
   group_edges(keys, pr.num_edges, rows, offsets, order);
 
-  std::vector<int64_t> bounds{0};
-  int64_t work = 0;
-  for (int64_t r = 0; r < rows; ++r) {
-    work += 1 + offsets[r + 1] - offsets[r];
-    if (work >= kNodeTaskWork) {
-      bounds.push_back(r + 1);
-      work = 0;
-    }
-  }
-  if (bounds.back() != rows) bounds.push_back(rows);
+  const std::vector<int64_t> bounds = node_tasks(offsets, rows);
 
   bool any_fast = false;
   int64_t cells_max = 1;
@@ -750,24 +946,7 @@ void edge_slot(const Problem<S>& pr, int64_t slot, S* out) {
   int64_t pair_max = 1;
   for (const Path& p : pr.paths) pair_max = std::max(pair_max, p.d1 * p.dout);
 
-  // Columns of a per-edge output row that need zeros first: all but the weight slices that the
-  // templated kernel writes outright.
-  std::vector<std::pair<int64_t, int64_t>> zero_ranges;
-  {
-    std::vector<char> written(out_dim, 0);
-    if (slot == kEdgeWeights)
-      for (const Path& p : pr.paths)
-        if (p.fast && p.has_weight) std::fill(written.begin() + p.woff, written.begin() + p.woff + p.mul1, 1);
-    for (int64_t c = 0; c < out_dim;) {
-      if (written[c]) {
-        ++c;
-        continue;
-      }
-      const int64_t start = c;
-      while (c < out_dim && !written[c]) ++c;
-      zero_ranges.push_back({start, c});
-    }
-  }
+  const std::vector<std::pair<int64_t, int64_t>> zero_ranges = unwritten_columns(pr, slot == kEdgeWeights, out_dim);
 
   parallel_for(0, chunks, 1, [&](int64_t chunk_begin, int64_t chunk_end) {
     std::vector<S> scratch(scratch_size), yt(any_fast && slot == kEdgeWeights ? pr.dim2 * kBlock : 0),
@@ -906,11 +1085,48 @@ std::vector<Path> read_paths(const at::Tensor& paths, const at::Tensor& cg_index
   return out;
 }
 
+// How the CG entries of a fast path are grouped into cells (see Problem::cells).
+enum class Cells {
+  kIK,  // cells (i, k), entries (j, c): y_ik = sum_j c Y_j (forward, weight gradient)
+  kKI,  // cells (k, i), entries (j, c): the node-feature gradient sums over k into i
+  kJ,   // cells j, entries (i dout + k, c): the edge-attribute gradient combines q_ik per component j
+  kJK,  // cells (j, k), entries (i, c): P_jk = sum_i c x_i of the fused backward
+};
+
 template <class S>
-at::Tensor contract(const at::Tensor* slots, const at::Tensor& edge_index, int64_t num_nodes, int64_t slot,
-                    const std::vector<Path>& paths, const at::Tensor& cg_index, const at::Tensor& cg_value,
-                    int64_t layout, const std::vector<int64_t>& sizes, const at::TensorOptions& options) {
+void group_cells(const std::vector<Entry<S>>& entries, const Path& p, Cells kind, std::vector<Cell>& cells,
+                 std::vector<std::pair<int64_t, S>>& cell_entries) {
+  const int64_t count = kind == Cells::kJ ? p.d2 : (kind == Cells::kJK ? p.d2 * p.dout : p.d1 * p.dout);
+  std::vector<std::vector<std::pair<int64_t, S>>> lists(count);
+  for (int64_t m = p.cg_start; m < p.cg_start + p.cg_count; ++m) {
+    const Entry<S>& en = entries[m];
+    switch (kind) {
+      case Cells::kIK: lists[en.i * p.dout + en.k].push_back({en.j, en.c}); break;
+      case Cells::kKI: lists[en.k * p.d1 + en.i].push_back({en.j, en.c}); break;
+      case Cells::kJ: lists[en.j].push_back({en.i * p.dout + en.k, en.c}); break;
+      case Cells::kJK: lists[en.j * p.dout + en.k].push_back({en.i, en.c}); break;
+    }
+  }
+  for (const auto& list : lists) {
+    cells.push_back({static_cast<int64_t>(cell_entries.size()), static_cast<int64_t>(list.size())});
+    cell_entries.insert(cell_entries.end(), list.begin(), list.end());
+  }
+}
+
+// A Problem with its node operands in canonical order, and the tensors that keep those copies alive.
+template <class S>
+struct Setup {
   Problem<S> pr;
+  std::vector<Block> blocks1, blockso;  // mul_ir blocks of node_feats and of the output
+  at::Tensor x_canon, g_canon;
+};
+
+// Everything but the cells, which depend on the open slot.
+template <class S>
+void set_up(Setup<S>& su, const at::Tensor* slots, const at::Tensor& edge_index, int64_t num_nodes,
+            const std::vector<Path>& paths, const at::Tensor& cg_index, const at::Tensor& cg_value, int64_t layout,
+            const std::vector<int64_t>& sizes, const at::TensorOptions& options) {
+  Problem<S>& pr = su.pr;
   pr.num_edges = edge_index.size(1);
   pr.sender_rows = sizes[0];
   pr.dim1 = sizes[1];
@@ -928,58 +1144,22 @@ at::Tensor contract(const at::Tensor* slots, const at::Tensor& edge_index, int64
   const double* val = cg_value.data_ptr<double>();
   pr.entries.resize(cg_index.size(0));
   for (int64_t t = 0; t < cg_index.size(0); ++t) pr.entries[t] = {idx[3 * t], idx[3 * t + 1], idx[3 * t + 2], S(val[t])};
-  for (const Path& p : pr.paths) {
+  const int64_t lanes = simd_lanes<S>();
+  for (Path& p : pr.paths) {
     for (int64_t t = p.cg_start; t < p.cg_start + p.cg_count; ++t) {
       const Entry<S>& en = pr.entries[t];
       TORCH_CHECK(en.i >= 0 && en.i < p.d1 && en.j >= 0 && en.j < p.d2 && en.k >= 0 && en.k < p.dout, kOp,
                   ": cg_index[", t, "] = (", en.i, ", ", en.j, ", ", en.k, ") out of range for its path's dims (", p.d1,
                   ", ", p.d2, ", ", p.dout, ")");
     }
-  }
-
-  const int64_t lanes = simd_lanes<S>();
-  pr.cells.resize(pr.paths.size());
-  pr.cell_entries.resize(pr.paths.size());
-  for (size_t t = 0; t < pr.paths.size(); ++t) {
-    Path& p = pr.paths[t];
     p.fast = lanes > 0 && p.mode == kUVU && p.mul2 == 1 && p.mul1 % lanes == 0 && p.d1 <= 2 * kMaxFastL + 1 &&
              p.dout <= 2 * kMaxFastL + 1;
-    if (!p.fast) continue;
-    if (slot == kEdgeAttrs) {
-      // The edge-attribute gradient combines q_ik per output component j: cells are j, entries
-      // (i dout + k, c).
-      std::vector<std::vector<std::pair<int64_t, S>>> lists(p.d2);
-      for (int64_t m = p.cg_start; m < p.cg_start + p.cg_count; ++m) {
-        const Entry<S>& en = pr.entries[m];
-        lists[en.j].push_back({en.i * p.dout + en.k, en.c});
-      }
-      for (const auto& list : lists) {
-        pr.cells[t].push_back({static_cast<int64_t>(pr.cell_entries[t].size()), static_cast<int64_t>(list.size())});
-        pr.cell_entries[t].insert(pr.cell_entries[t].end(), list.begin(), list.end());
-      }
-      continue;
-    }
-    // (a, b) = (i, k), except for the node-feature gradient, which sums over k into i.
-    const bool swap = slot == kNodeFeats;
-    const int64_t db = swap ? p.d1 : p.dout;
-    std::vector<std::vector<std::pair<int64_t, S>>> lists((p.d1 * p.dout));
-    for (int64_t m = p.cg_start; m < p.cg_start + p.cg_count; ++m) {
-      const Entry<S>& en = pr.entries[m];
-      const int64_t a = swap ? en.k : en.i, b = swap ? en.i : en.k;
-      lists[a * db + b].push_back({en.j, en.c});
-    }
-    for (const auto& list : lists) {
-      pr.cells[t].push_back({static_cast<int64_t>(pr.cell_entries[t].size()), static_cast<int64_t>(list.size())});
-      pr.cell_entries[t].insert(pr.cell_entries[t].end(), list.begin(), list.end());
-    }
   }
 
   // Canonical (ir_mul) copies of the node operands when the caller's layout is mul_ir.
-  std::vector<Block> blocks1, blockso;
-  at::Tensor x_canon, g_canon;
   if (layout == 0) {
-    blocks1 = layout_blocks(pr.paths, true, pr.dim1, "node_feats");
-    blockso = layout_blocks(pr.paths, false, pr.dimo, "grad_out");
+    su.blocks1 = layout_blocks(pr.paths, true, pr.dim1, "node_feats");
+    su.blockso = layout_blocks(pr.paths, false, pr.dimo, "grad_out");
   }
   auto node_operand = [&](const at::Tensor& t, int64_t rows, int64_t dim, const std::vector<Block>& blocks,
                           at::Tensor& keep) -> const S* {
@@ -989,16 +1169,36 @@ at::Tensor contract(const at::Tensor* slots, const at::Tensor& edge_index, int64
     canonicalize<S>(t.data_ptr<S>(), rows, dim, blocks, keep.data_ptr<S>());
     return keep.data_ptr<S>();
   };
-  pr.x = node_operand(slots[kNodeFeats], pr.sender_rows, pr.dim1, blocks1, x_canon);
-  pr.g = node_operand(slots[kOutput], num_nodes, pr.dimo, blockso, g_canon);
+  pr.x = node_operand(slots[kNodeFeats], pr.sender_rows, pr.dim1, su.blocks1, su.x_canon);
+  pr.g = node_operand(slots[kOutput], num_nodes, pr.dimo, su.blockso, su.g_canon);
   pr.y = slots[kEdgeAttrs].defined() ? slots[kEdgeAttrs].data_ptr<S>() : nullptr;
   pr.w = slots[kEdgeWeights].defined() && pr.weight_numel > 0 ? slots[kEdgeWeights].data_ptr<S>() : nullptr;
+}
 
+template <class S>
+void build_cells(Problem<S>& pr, int64_t slot) {
+  pr.cells.assign(pr.paths.size(), {});
+  pr.cell_entries.assign(pr.paths.size(), {});
+  for (size_t t = 0; t < pr.paths.size(); ++t) {
+    if (!pr.paths[t].fast) continue;
+    const Cells kind = slot == kEdgeAttrs ? Cells::kJ : (slot == kNodeFeats ? Cells::kKI : Cells::kIK);
+    group_cells(pr.entries, pr.paths[t], kind, pr.cells[t], pr.cell_entries[t]);
+  }
+}
+
+template <class S>
+at::Tensor contract(const at::Tensor* slots, const at::Tensor& edge_index, int64_t num_nodes, int64_t slot,
+                    const std::vector<Path>& paths, const at::Tensor& cg_index, const at::Tensor& cg_value,
+                    int64_t layout, const std::vector<int64_t>& sizes, const at::TensorOptions& options) {
+  Setup<S> su;
+  set_up(su, slots, edge_index, num_nodes, paths, cg_index, cg_value, layout, sizes, options);
+  Problem<S>& pr = su.pr;
+  build_cells(pr, slot);
   at::Tensor out;
   if (slot == kOutput || slot == kNodeFeats) {
     const bool forward = slot == kOutput;
     out = at::empty({forward ? num_nodes : pr.sender_rows, forward ? pr.dimo : pr.dim1}, options);
-    node_slot<S>(pr, slot, layout == 0 ? (forward ? &blockso : &blocks1) : nullptr, out.data_ptr<S>());
+    node_slot<S>(pr, slot, layout == 0 ? (forward ? &su.blockso : &su.blocks1) : nullptr, out.data_ptr<S>());
   } else if (slot == kEdgeAttrs) {
     out = empty_huge({pr.num_edges, pr.dim2}, options);
     edge_slot<S>(pr, slot, out.data_ptr<S>());
@@ -1009,34 +1209,188 @@ at::Tensor contract(const at::Tensor* slots, const at::Tensor& edge_index, int64
   return out;
 }
 
-at::Tensor tp_conv_contract(const c10::optional<at::Tensor>& node_feats, const c10::optional<at::Tensor>& edge_attrs,
-                            const c10::optional<at::Tensor>& edge_weights, const c10::optional<at::Tensor>& grad_out,
-                            const at::Tensor& edge_index, int64_t num_nodes, int64_t open_slot, const at::Tensor& paths,
-                            const at::Tensor& cg_index, const at::Tensor& cg_value, int64_t layout,
-                            at::IntArrayRef sizes, bool deterministic, int64_t flops_per_edge) {
-  (void)deterministic;  // always deterministic: receiver-sorted sums, fixed chunking
-  (void)flops_per_edge;  // read by the FLOP formula only
+// ---------------------------------------------------------------------------------------------
+// Fused backward: slots 0, 1 and 2 in one pass over the edges
+// ---------------------------------------------------------------------------------------------
+
+// Whether backward_fused covers the problem: every path templated, per-edge weights.
+template <class S>
+bool fused_backward_applies(const Problem<S>& pr) {
+  if (pr.shared && pr.w != nullptr) return false;  // a shared weight gradient sums over all edges
+  for (const Path& p : pr.paths)
+    if (!p.fast) return false;
+  return simd_lanes<S>() > 0;
+}
+
+#ifdef EQSCALE_TP_SIMD
+// dst[0, len) = src[0, len) (src aligned to the vector size), bypassing the caches where dst is aligned.
+template <class S>
+void stream_row(const S* src, int64_t len, S* dst) {
+  using T = Simd<S>;
+  if (!T::aligned(dst)) {
+    std::memcpy(dst, src, len * sizeof(S));
+    return;
+  }
+  int64_t c = 0;
+  for (; c + T::lanes <= len; c += T::lanes) T::stream(dst + c, T::load(src + c));
+  for (; c < len; ++c) dst[c] = src[c];
+}
+
+// P_jk = sum_i c x_i of one path for the sender row x (canonical), (d2 dout, mul), from the (j, k)
+// cells: the sender-side half of the edge-attribute and weight gradients in backward_chunk.
+template <class S>
+void sender_products(const Problem<S>& pr, int64_t path, const S* x, S* products) {
+  using T = Simd<S>;
+  using V = typename T::V;
+  const Path& p = pr.paths[path];
+  const auto& cells = pr.sender_cells[path];
+  const auto* list = pr.sender_cell_entries[path].data();
+  const S* xa = x + p.off1;
+  for (size_t jk = 0; jk < cells.size(); ++jk) {
+    S* out = products + jk * p.mul1;
+    for (int64_t c = 0; c < p.mul1; c += T::lanes) {
+      V acc = T::splat(S(0));
+      for (int64_t t = cells[jk].first; t < cells[jk].first + cells[jk].count; ++t)
+        acc += T::splat(list[t].second) * T::load(xa + list[t].first * p.mul1 + c);
+      T::store(out + c, acc);
+    }
+  }
+}
+
+// The gradients of <forward, G> with respect to the node features (gx, canonical rows written in the
+// caller's layout), the edge attributes (gy) and the weights (gw), each computed when not null. Edges
+// are grouped by sender: each sender's gradient row is summed over its edges in edge order in
+// thread-local scratch and written once, and the per-edge rows belong to exactly one sender, so the
+// result is deterministic whatever the threads do. Per edge and path, z_i = sum_k y_ik G_k serves both
+// the node-feature and the weight gradient (backward_chunk), which is where this beats three separate
+// passes; it also reads G, W and the edge attributes once instead of two or three times.
+template <class S>
+void backward_fused(const Problem<S>& pr, const std::vector<Block>* mul_ir_blocks, S* gx, S* gy, S* gw) {
+  using T = Simd<S>;
+  std::vector<int64_t> offsets, order;
+  group_edges(pr.senders, pr.num_edges, pr.sender_rows, offsets, order);
+  const std::vector<int64_t> bounds = node_tasks(offsets, pr.sender_rows);
+  const std::vector<std::pair<int64_t, int64_t>> gw_zero = unwritten_columns(pr, true, pr.weight_numel);
+  int64_t cells_max = 1, products_max = 1, mul_max = 1;
+  for (size_t t = 0; t < pr.paths.size(); ++t) {
+    const Path& p = pr.paths[t];
+    cells_max = std::max<int64_t>(cells_max, pr.cells[t].size());
+    products_max = std::max(products_max, p.d2 * p.dout * p.mul1);
+    mul_max = std::max(mul_max, p.mul1);
+  }
+  // Paths without weights read a row of ones instead (the same kernels, W = 1).
+  const std::vector<S> ones(mul_max, S(1));
+  const bool want_attrs = gy != nullptr;
+
+  parallel_for(0, static_cast<int64_t>(bounds.size()) - 1, 1, [&](int64_t task_begin, int64_t task_end) {
+    std::vector<S> row(pr.dim1), yt(pr.dim2 * kBlock), yd(cells_max * kBlock),
+        products(want_attrs ? products_max : 0), attrs(want_attrs ? kBlock * pr.dim2 * T::lanes : 0);
+    // The block's weight-gradient rows are formed here (in L2) and then streamed out row by row:
+    // written in place, path slice by path slice into rows scattered over memory, they cost about
+    // as much as all the arithmetic of the backward.
+    const int64_t gw_stride = (pr.weight_numel + T::lanes - 1) / T::lanes * T::lanes;
+    std::vector<S> gw_rows(gw == nullptr ? 0 : kBlock * gw_stride + T::lanes);
+    S* gw_block = gw_rows.data();
+    while (gw != nullptr && !T::aligned(gw_block)) ++gw_block;
+    const S* gs[kBlock];
+    const S* ws[kBlock];
+    const S* ones_rows[kBlock];
+    S* gws[kBlock];
+    S* no_rows[kBlock];
+    const S* next_ws[kBlock];
+    for (int64_t e = 0; e < kBlock; ++e) {
+      ones_rows[e] = ones.data();
+      no_rows[e] = nullptr;
+      gws[e] = gw == nullptr ? nullptr : gw_block + e * gw_stride;
+      if (gws[e] != nullptr)
+        for (const auto& range : gw_zero) std::fill(gws[e] + range.first, gws[e] + range.second, S(0));
+    }
+    for (int64_t task = task_begin; task < task_end; ++task) {
+      for (int64_t s = bounds[task]; s < bounds[task + 1]; ++s) {
+        std::fill(row.begin(), row.end(), S(0));
+        const S* x = pr.x + s * pr.dim1;
+        for (int64_t pos = offsets[s]; pos < offsets[s + 1]; pos += kBlock) {
+          const int64_t n = std::min(kBlock, offsets[s + 1] - pos);
+          const int64_t* edges = order.data() + pos;
+          for (int64_t e = 0; e < n; ++e) {
+            gs[e] = pr.g + pr.receivers[edges[e]] * pr.dimo;
+            ws[e] = pr.w == nullptr ? ones.data() : pr.w + edges[e] * pr.weight_numel;
+          }
+          // The next block's weight rows, requested path slice by path slice while this block
+          // computes (see node_slot).
+          const int64_t next_n = std::min(kBlock, pr.num_edges - (pos + n));
+          for (int64_t e = 0; e < next_n; ++e)
+            next_ws[e] = pr.w == nullptr ? nullptr : pr.w + order[pos + n + e] * pr.weight_numel;
+          gather_attrs(pr, edges, n, yt.data());
+          if (want_attrs) std::fill(attrs.begin(), attrs.begin() + n * pr.dim2 * T::lanes, S(0));
+          for (size_t t = 0; t < pr.paths.size(); ++t) {
+            const Path& p = pr.paths[t];
+            const int64_t numel = path_weight_numel(p);
+            prefetch_slices<false>(next_ws, next_n, p.woff, numel);
+            form_cells(pr, t, yt.data(), yd.data());
+            if (want_attrs) sender_products(pr, t, x, products.data());
+            backward_fn<S>(p.d1, p.dout, want_attrs)(
+                yd.data(), n, x + p.off1, gs, p.offo, p.has_weight ? ws : ones_rows, p.has_weight ? p.woff : 0,
+                row.data() + p.off1, p.has_weight ? gws : no_rows, p.woff, products.data(),
+                yt.data() + p.off2 * kBlock, p.d2, attrs.data() + p.off2 * T::lanes, pr.dim2, p.mul1);
+          }
+          if (gw != nullptr)
+            for (int64_t e = 0; e < n; ++e) stream_row(gws[e], pr.weight_numel, gw + edges[e] * pr.weight_numel);
+          if (want_attrs) {
+            for (int64_t e = 0; e < n; ++e) {
+              S* out = gy + edges[e] * pr.dim2;
+              for (int64_t j = 0; j < pr.dim2; ++j) out[j] = T::sum(T::load(attrs.data() + (e * pr.dim2 + j) * T::lanes));
+            }
+          }
+        }
+        if (gx == nullptr) continue;
+        if (mul_ir_blocks == nullptr) {
+          std::copy(row.begin(), row.end(), gx + s * pr.dim1);
+        } else {
+          permute_row<false>(row.data(), gx + s * pr.dim1, pr.dim1, *mul_ir_blocks);
+        }
+      }
+    }
+    T::fence();  // the streamed weight-gradient rows are complete before the caller reads them
+  });
+}
+#endif
+
+// The checked inputs of either operator: the four slots (undefined where open or absent), edge_index
+// as int64, the paths that contribute, and the dtype.
+struct Inputs {
+  at::Tensor slots[4];
+  at::Tensor index;
+  std::vector<Path> paths;
+  std::vector<int64_t> sizes;
+  at::TensorOptions options;
+};
+
+// open_slot: the slot that must be None, or -1 for the backward (every slot given). edge_weights
+// may be None when weight_numel == 0.
+Inputs check_inputs(const c10::optional<at::Tensor>* given, const at::Tensor& edge_index, int64_t num_nodes,
+                    int64_t open_slot, const at::Tensor& paths, const at::Tensor& cg_index, const at::Tensor& cg_value,
+                    int64_t layout, at::IntArrayRef sizes) {
   TORCH_CHECK(sizes.size() == 6, kOp,
               ": sizes must be [sender_rows, dim_in1, dim_in2, weight_numel, weights_shared, dim_out], got ", sizes);
   for (int64_t v : sizes) TORCH_CHECK(v >= 0, kOp, ": sizes must be non-negative, got ", sizes);
   TORCH_CHECK(sizes[4] == 0 || sizes[4] == 1, kOp, ": sizes[4] (weights_shared) must be 0 or 1, got ", sizes[4]);
-  const std::vector<int64_t> sz(sizes.begin(), sizes.end());
-  const int64_t sender_rows = sz[0], dim1 = sz[1], dim2 = sz[2], weight_numel = sz[3], dimo = sz[5];
-  const bool shared = sz[4] == 1;
-  TORCH_CHECK(open_slot >= 0 && open_slot <= 3, kOp,
-              ": open_slot must be 0 (node_feats), 1 (edge_attrs), 2 (edge_weights) or 3 (grad_out), got ", open_slot);
+  Inputs in;
+  in.sizes.assign(sizes.begin(), sizes.end());
+  const int64_t sender_rows = in.sizes[0], dim1 = in.sizes[1], dim2 = in.sizes[2], weight_numel = in.sizes[3],
+                dimo = in.sizes[5];
+  const bool shared = in.sizes[4] == 1;
   TORCH_CHECK(num_nodes >= 0, kOp, ": num_nodes must be >= 0, got ", num_nodes);
   TORCH_CHECK(layout == 0 || layout == 1, kOp, ": layout must be 0 (mul_ir) or 1 (ir_mul), got ", layout);
 
   const char* names[4] = {"node_feats", "edge_attrs", "edge_weights", "grad_out"};
-  const c10::optional<at::Tensor>* given[4] = {&node_feats, &edge_attrs, &edge_weights, &grad_out};
-  at::Tensor slots[4];
+  at::Tensor* slots = in.slots;
   for (int s = 0; s < 4; ++s) {
-    const bool present = given[s]->has_value() && (*given[s])->defined();
+    const bool present = given[s].has_value() && given[s]->defined();
     if (s == open_slot) {
       TORCH_CHECK(!present, kOp, ": ", names[s], " must be None: it is the open slot (open_slot=", open_slot, ")");
     } else if (present) {
-      slots[s] = **given[s];
+      slots[s] = *given[s];
     } else {
       TORCH_CHECK(s == kEdgeWeights && weight_numel == 0, kOp, ": ", names[s],
                   " is required (only the open slot, and edge_weights when weight_numel == 0, may be None)");
@@ -1048,8 +1402,8 @@ at::Tensor tp_conv_contract(const c10::optional<at::Tensor>& node_feats, const c
               ": edge_index must be int64 (or int32), got ", edge_index.scalar_type());
   TORCH_CHECK(edge_index.dim() == 2 && edge_index.size(0) == 2, kOp, ": edge_index must have shape (2, E), got ",
               edge_index.sizes());
-  const at::Tensor index = edge_index.to(at::kLong).contiguous();
-  const int64_t num_edges = index.size(1);
+  in.index = edge_index.to(at::kLong).contiguous();
+  const int64_t num_edges = in.index.size(1);
 
   TORCH_CHECK(cg_index.device().is_cpu() && cg_index.scalar_type() == at::kLong && cg_index.dim() == 2 &&
                   cg_index.size(1) == 3 && cg_index.is_contiguous(),
@@ -1059,7 +1413,7 @@ at::Tensor tp_conv_contract(const c10::optional<at::Tensor>& node_feats, const c
                   cg_value.size(0) == cg_index.size(0) && cg_value.is_contiguous(),
               kOp, ": cg_value must be a contiguous CPU float64 tensor of shape (NNZ,) = (", cg_index.size(0), ",), got ",
               cg_value.scalar_type(), " ", cg_value.sizes());
-  const std::vector<Path> path_list = read_paths(paths, cg_index, dim1, dim2, weight_numel, dimo);
+  in.paths = read_paths(paths, cg_index, dim1, dim2, weight_numel, dimo);
 
   at::ScalarType dtype = at::kFloat;
   bool have_dtype = false;
@@ -1085,7 +1439,7 @@ at::Tensor tp_conv_contract(const c10::optional<at::Tensor>& node_feats, const c
   }
   if (slots[kOutput].defined()) check_float("grad_out", slots[kOutput], dtype, {num_nodes, dimo}, "(num_nodes, sizes[5])");
 
-  const int64_t* senders = index.data_ptr<int64_t>();
+  const int64_t* senders = in.index.data_ptr<int64_t>();
   const int64_t* receivers = senders + num_edges;
   for (int64_t e = 0; e < num_edges; ++e) {
     TORCH_CHECK(senders[e] >= 0 && senders[e] < sender_rows, kOp, ": edge_index[0, ", e, "] = ", senders[e],
@@ -1093,16 +1447,91 @@ at::Tensor tp_conv_contract(const c10::optional<at::Tensor>& node_feats, const c
     TORCH_CHECK(receivers[e] >= 0 && receivers[e] < num_nodes, kOp, ": edge_index[1, ", e, "] = ", receivers[e],
                 " out of range [0, ", num_nodes, ") (num_nodes)");
   }
+  in.options = at::TensorOptions().dtype(dtype).device(at::kCPU);
+  return in;
+}
 
-  const at::TensorOptions options = at::TensorOptions().dtype(dtype).device(at::kCPU);
+// Slots 0, 1, 2 (bits 1, 2, 4 of wanted) of <forward, G>: fused where backward_fused applies and
+// more than one is wanted, else one contract per slot. Unwanted gradients are empty (0,) tensors.
+template <class S>
+std::array<at::Tensor, 3> backward(const Inputs& in, int64_t num_nodes, int64_t wanted, const at::Tensor& cg_index,
+                                   const at::Tensor& cg_value, int64_t layout) {
+  std::array<at::Tensor, 3> grads;
+  Setup<S> su;
+  set_up(su, in.slots, in.index, num_nodes, in.paths, cg_index, cg_value, layout, in.sizes, in.options);
+  Problem<S>& pr = su.pr;
+  const int count = (wanted & 1) + ((wanted >> 1) & 1) + ((wanted >> 2) & 1);
+#ifdef EQSCALE_TP_SIMD
+  if (count > 1 && fused_backward_applies(pr)) {
+    build_cells(pr, kOutput);
+    pr.sender_cells.assign(pr.paths.size(), {});
+    pr.sender_cell_entries.assign(pr.paths.size(), {});
+    for (size_t t = 0; t < pr.paths.size(); ++t)
+      group_cells(pr.entries, pr.paths[t], Cells::kJK, pr.sender_cells[t], pr.sender_cell_entries[t]);
+    if (wanted & 1) grads[0] = at::empty({pr.sender_rows, pr.dim1}, in.options);
+    if (wanted & 2) grads[1] = empty_huge({pr.num_edges, pr.dim2}, in.options);
+    if (wanted & 4) grads[2] = empty_huge({pr.num_edges, pr.weight_numel}, in.options);
+    auto data = [](at::Tensor& t) { return t.defined() ? t.data_ptr<S>() : nullptr; };
+    backward_fused<S>(pr, layout == 0 ? &su.blocks1 : nullptr, data(grads[0]), data(grads[1]), data(grads[2]));
+  } else
+#endif
+  {
+    (void)count;
+    for (int64_t slot = 0; slot < 3; ++slot) {
+      if (!(wanted & (int64_t{1} << slot))) continue;
+      at::Tensor slots[4] = {in.slots[0], in.slots[1], in.slots[2], in.slots[3]};
+      slots[slot] = at::Tensor();
+      grads[slot] = contract<S>(slots, in.index, num_nodes, slot, in.paths, cg_index, cg_value, layout, in.sizes,
+                                in.options);
+    }
+  }
+  for (auto& grad : grads)
+    if (!grad.defined()) grad = at::empty({0}, in.options);
+  return grads;
+}
+
+at::Tensor tp_conv_contract(const c10::optional<at::Tensor>& node_feats, const c10::optional<at::Tensor>& edge_attrs,
+                            const c10::optional<at::Tensor>& edge_weights, const c10::optional<at::Tensor>& grad_out,
+                            const at::Tensor& edge_index, int64_t num_nodes, int64_t open_slot, const at::Tensor& paths,
+                            const at::Tensor& cg_index, const at::Tensor& cg_value, int64_t layout,
+                            at::IntArrayRef sizes, bool deterministic, int64_t flops_per_edge) {
+  (void)deterministic;  // always deterministic: receiver-sorted sums, fixed chunking
+  (void)flops_per_edge;  // read by the FLOP formula only
+  TORCH_CHECK(open_slot >= 0 && open_slot <= 3, kOp,
+              ": open_slot must be 0 (node_feats), 1 (edge_attrs), 2 (edge_weights) or 3 (grad_out), got ", open_slot);
+  const c10::optional<at::Tensor> given[4] = {node_feats, edge_attrs, edge_weights, grad_out};
+  const Inputs in = check_inputs(given, edge_index, num_nodes, open_slot, paths, cg_index, cg_value, layout, sizes);
   at::Tensor out;
-  AT_DISPATCH_FLOATING_TYPES(dtype, "tp_conv_contract", [&] {
-    out = contract<scalar_t>(slots, index, num_nodes, open_slot, path_list, cg_index, cg_value, layout, sz, options);
+  AT_DISPATCH_FLOATING_TYPES(in.options.dtype().toScalarType(), "tp_conv_contract", [&] {
+    out = contract<scalar_t>(in.slots, in.index, num_nodes, open_slot, in.paths, cg_index, cg_value, layout, in.sizes,
+                             in.options);
   });
   return out;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> tp_conv_backward(
+    const at::Tensor& node_feats, const at::Tensor& edge_attrs, const c10::optional<at::Tensor>& edge_weights,
+    const at::Tensor& grad_out, const at::Tensor& edge_index, int64_t num_nodes, int64_t wanted,
+    const at::Tensor& paths, const at::Tensor& cg_index, const at::Tensor& cg_value, int64_t layout,
+    at::IntArrayRef sizes, bool deterministic, int64_t flops_per_edge) {
+  (void)deterministic;
+  (void)flops_per_edge;
+  TORCH_CHECK(wanted >= 0 && wanted <= 7, kOp,
+              ": wanted must be a bit mask of the gradients to compute (1 node_feats, 2 edge_attrs, 4 edge_weights), "
+              "got ", wanted);
+  const c10::optional<at::Tensor> given[4] = {node_feats, edge_attrs, edge_weights, grad_out};
+  const Inputs in = check_inputs(given, edge_index, num_nodes, -1, paths, cg_index, cg_value, layout, sizes);
+  std::array<at::Tensor, 3> grads;
+  AT_DISPATCH_FLOATING_TYPES(in.options.dtype().toScalarType(), "tp_conv_backward", [&] {
+    grads = backward<scalar_t>(in, num_nodes, wanted, cg_index, cg_value, layout);
+  });
+  return {grads[0], grads[1], grads[2]};
 }
 
 }  // namespace
 }  // namespace eqscale
 
-TORCH_LIBRARY_IMPL(eqscale, CPU, m) { m.impl("tp_conv_contract", &eqscale::tp_conv_contract); }
+TORCH_LIBRARY_IMPL(eqscale, CPU, m) {
+  m.impl("tp_conv_contract", &eqscale::tp_conv_contract);
+  m.impl("tp_conv_backward", &eqscale::tp_conv_backward);
+}

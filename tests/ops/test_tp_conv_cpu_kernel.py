@@ -1,4 +1,5 @@
-"""The C++ operator ``eqscale::tp_conv_contract`` called directly, slot by slot.
+"""The C++ operators ``eqscale::tp_conv_contract`` (slot by slot) and ``eqscale::tp_conv_backward``
+(slots 0-2 at once) called directly.
 
 Each open slot must equal the autograd gradient of ``<reference.tp_conv(x, Y, W), G>`` with respect
 to that slot (slot 3: the reference forward itself). The plans cover the templated channel kernels
@@ -32,6 +33,8 @@ def _plans(layout):
         # Templated kernels: multiples of 8 (fp32 AVX2) and 4 (fp64); small and large l_out unrolls.
         "uvu_fast": _uvu("8x0e+8x1o+8x2e", "0e+1o+2e", 2, layout=layout),
         "uvu_fast_mul32_l4": _uvu("32x0e+32x4e", "0e+1o+4e", 4, layout=layout),
+        # Templated for fp32 with AVX-512 too (16 lanes), and several channel chunks.
+        "uvu_fast_mul16": _uvu("16x0e+16x1o+48x2e", "0e+1o+2e", 3, layout=layout),
         # Generic kernel: odd channel counts, l = 5, several edge channels.
         "uvu_generic": _uvu("3x0e+2x1o+2x5o", "0e+1o+5o", 5, layout=layout),
         "uvu_edge_channels": _uvu("3x0e+2x1o", "2x0e+2x1o", 1, layout=layout),
@@ -228,3 +231,120 @@ def test_bad_input_raises_naming_the_argument(case):
     arguments = {**_bad_calls()[1], **change}
     with pytest.raises(RuntimeError, match=match):
         torch.ops.eqscale.tp_conv_contract(**arguments, deterministic=True, flops_per_edge=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# tp_conv_backward: slots 0, 1 and 2 in one call
+# ---------------------------------------------------------------------------------------------
+
+def _backward(plan, slots, edge_index, num_nodes, wanted, sender_rows, shared):
+    tables = kernel_tables(plan, torch.device("cpu"))
+    sizes = [sender_rows, plan.irreps_in1.dim, plan.irreps_in2.dim, plan.weight_numel, int(shared),
+             plan.irreps_out.dim]
+    return torch.ops.eqscale.tp_conv_backward(
+        *slots, edge_index, num_nodes, wanted, tables.paths, tables.cg_index, tables.cg_value, tables.layout, sizes,
+        True, plan.flops(1))
+
+
+@pytest.mark.parametrize("shared", [False, True], ids=["per_edge", "shared"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["fp64", "fp32"])
+@pytest.mark.parametrize("layout", ["mul_ir", "ir_mul"])
+@pytest.mark.parametrize("name", ["uvu_fast", "uvu_fast_mul16", "uvu_fast_mul32_l4", "uvu_generic", "uvw"])
+def test_backward_matches_reference_gradients_for_every_mask(name, layout, dtype, shared):
+    # The templated plans take the fused pass (two or more gradients, per-edge weights); shared
+    # weights and the generic plans fall back to one contraction per slot. Both must agree.
+    plan = _plans(layout)[name]
+    slots, edge_index = _problem(plan, sender_rows=9, num_nodes=7, num_edges=90, dtype=dtype, shared=shared)
+    expected = _expected(plan, slots, edge_index, 7)
+    for wanted in range(8):
+        grads = _backward(plan, slots, edge_index, 7, wanted, 9, shared)
+        for slot in range(3):
+            if wanted >> slot & 1:
+                _assert_close(grads[slot], expected[slot], GRAD_TOL[dtype], f"{name} wanted={wanted} {SLOTS[slot]}")
+            else:
+                assert grads[slot].shape == (0,)
+
+
+def test_backward_with_many_edges_per_sender_and_isolated_rows():
+    # 200 edges from 3 senders (several blocks each); senders 3-5 and receivers 4-5 have no edges.
+    plan = _plans("mul_ir")["uvu_fast_mul16"]
+    slots, edge_index = _problem(plan, sender_rows=3, num_nodes=4, num_edges=200, dtype=torch.float64, shared=False)
+    slots[0] = torch.cat([slots[0], torch.randn(3, plan.irreps_in1.dim, dtype=torch.float64)])
+    slots[3] = torch.cat([slots[3], torch.randn(2, plan.irreps_out.dim, dtype=torch.float64)])
+    expected = _expected(plan, slots, edge_index, 6)
+    grads = _backward(plan, slots, edge_index, 6, 7, 6, False)
+    for slot in range(3):
+        _assert_close(grads[slot], expected[slot], GRAD_TOL[torch.float64], SLOTS[slot])
+    assert torch.count_nonzero(grads[0][3:]) == 0
+
+
+def test_backward_empty_edge_set():
+    plan = _plans("mul_ir")["uvu_fast_mul16"]
+    slots, edge_index = _problem(plan, sender_rows=4, num_nodes=5, num_edges=0, dtype=torch.float32, shared=False)
+    grads = _backward(plan, slots, edge_index, 5, 7, 4, False)
+    assert grads[0].shape == (4, plan.irreps_in1.dim) and torch.count_nonzero(grads[0]) == 0
+    assert grads[1].shape == (0, plan.irreps_in2.dim) and grads[2].shape == (0, plan.weight_numel)
+
+
+def test_backward_is_bitwise_deterministic_across_thread_counts():
+    plan = _plans("mul_ir")["uvu_fast_mul16"]
+    slots, edge_index = _problem(plan, sender_rows=40, num_nodes=40, num_edges=3000, dtype=torch.float32,
+                                 shared=False)
+    previous = torch.get_num_threads()
+    results = []
+    try:
+        for threads in (previous, 1, max(previous, 2)):
+            torch.set_num_threads(threads)
+            results.append(_backward(plan, slots, edge_index, 40, 7, 40, False))
+    finally:
+        torch.set_num_threads(previous)
+    for other in results[1:]:
+        for slot in range(3):
+            assert torch.equal(results[0][slot], other[slot]), SLOTS[slot]
+
+
+def test_backward_opcheck():
+    plan = _plans("mul_ir")["uvu_fast"]
+    slots, edge_index = _problem(plan, sender_rows=5, num_nodes=5, num_edges=20, dtype=torch.float64, shared=False)
+    tables = kernel_tables(plan, torch.device("cpu"))
+    sizes = [5, plan.irreps_in1.dim, plan.irreps_in2.dim, plan.weight_numel, 0, plan.irreps_out.dim]
+    for wanted in (7, 5, 2):
+        torch.library.opcheck(
+            torch.ops.eqscale.tp_conv_backward.default,
+            (*(t.requires_grad_(True) for t in slots), edge_index, 5, wanted, tables.paths, tables.cg_index,
+             tables.cg_value, tables.layout, sizes, True, plan.flops(1)))
+
+
+@pytest.mark.parametrize("name", ["uvu_fast", "uvu_generic"])
+def test_gradients_through_the_fused_backward(name):
+    # tp_conv's backward takes tp_conv_backward when two or more inputs need gradients; its own
+    # derivative (forces) is built from tp_conv_contract. gradcheck and gradgradcheck in fp64.
+    from eqscale.ops import tp_conv
+    from eqscale.testing import check_gradients
+
+    plan = _plans("mul_ir")[name]
+    slots, edge_index = _problem(plan, sender_rows=4, num_nodes=4, num_edges=7, dtype=torch.float64, shared=False)
+    check_gradients(lambda x, y, w: tp_conv(x, y, w, edge_index, 4, plan=plan, backend="cpu"), slots[:3],
+                    second_order=True)
+
+
+def test_fused_backward_counts_one_contraction_per_gradient():
+    from eqscale.ops import tp_conv
+
+    plan = _plans("mul_ir")["uvu_fast_mul16"]
+    slots, edge_index = _problem(plan, sender_rows=6, num_nodes=6, num_edges=30, dtype=torch.float32, shared=False)
+    for needs in ((True, True, True), (True, False, True), (False, True, False)):
+        leaves = [t.clone().requires_grad_(need) for t, need in zip(slots[:3], needs, strict=True)]
+        with torch.utils.flop_counter.FlopCounterMode(display=False) as counter:
+            out = tp_conv(*leaves, edge_index, 6, plan=plan, backend="cpu")
+            torch.autograd.grad(out, [t for t in leaves if t.requires_grad], torch.ones_like(out))
+        assert counter.get_total_flops() == (1 + sum(needs)) * plan.flops(30)
+
+
+def test_backward_bad_input():
+    plan = _plans("mul_ir")["uvu_fast"]
+    slots, edge_index = _problem(plan, sender_rows=5, num_nodes=5, num_edges=8, dtype=torch.float32, shared=False)
+    with pytest.raises(RuntimeError, match="wanted must be a bit mask"):
+        _backward(plan, slots, edge_index, 5, 8, 5, False)
+    with pytest.raises(RuntimeError, match=r"grad_out must have shape"):
+        _backward(plan, [*slots[:3], slots[3][:-1]], edge_index, 5, 7, 5, False)

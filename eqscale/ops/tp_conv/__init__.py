@@ -187,10 +187,15 @@ def _open_slot_shape(slot: int, sizes: list[int], num_edges: int, num_nodes: int
     }[slot]
 
 
-def _register(op_name: str, *, with_fake: bool) -> None:
-    """Fake impl, the autograd rule of the module docstring and the FLOP formula of one backend."""
+def _register(op_name: str, *, with_fake: bool, backward_op_name: str | None = None) -> None:
+    """Fake impl, the autograd rule of the module docstring and the FLOP formula of one backend.
+
+    ``backward_op_name``: the backend's fused backward (slots 0-2 at once), used for the backward of
+    the forward when at least two of those slots need gradients.
+    """
     qualified = f"eqscale::{op_name}"
     op = getattr(torch.ops.eqscale, op_name).default
+    fused_backward = getattr(torch.ops.eqscale, backward_op_name).default if backward_op_name else None
 
     if with_fake:
 
@@ -211,6 +216,13 @@ def _register(op_name: str, *, with_fake: bool) -> None:
         num_nodes, open_slot, *tail = ctx.rest
         slots[open_slot] = grad.contiguous()
         grads = [None] * 4
+        wanted = sum(1 << slot for slot in range(3) if ctx.needs_input_grad[slot])
+        if fused_backward is not None and open_slot == OUTPUT and wanted.bit_count() >= 2:
+            node_grad, attr_grad, weight_grad = fused_backward(*slots, edge_index, num_nodes, wanted, *tail)
+            for slot, value in enumerate((node_grad, attr_grad, weight_grad)):
+                if wanted >> slot & 1:
+                    grads[slot] = value
+            return (*grads,) + (None,) * 10
         for slot in range(4):
             if slot != open_slot and ctx.needs_input_grad[slot]:
                 arguments = list(slots)
@@ -226,7 +238,53 @@ def _register(op_name: str, *, with_fake: bool) -> None:
         return args[-1] * edge_index_shape[1]
 
 
+def _register_fused_backward(op_name: str, contract_name: str) -> None:
+    """Fake impl, autograd rule and FLOP formula of a fused backward (slots 0-2 of the 4-linear form)."""
+    qualified = f"eqscale::{op_name}"
+    contract = getattr(torch.ops.eqscale, contract_name).default
+
+    @torch.library.register_fake(qualified)
+    def _fake(x, y, w, g, edge_index, num_nodes, wanted, paths, cg_index, cg_value, layout, sizes, deterministic,
+              flops_per_edge):
+        return tuple(
+            x.new_empty(_open_slot_shape(slot, sizes, edge_index.shape[1], num_nodes) if wanted >> slot & 1 else (0,))
+            for slot in range(3)
+        )
+
+    def setup_context(ctx, inputs, output):
+        x, y, w, g, edge_index, num_nodes, wanted, *rest = inputs
+        ctx.save_for_backward(x, y, w, g, edge_index)
+        ctx.num_nodes, ctx.wanted, ctx.rest = num_nodes, wanted, rest
+
+    def backward(ctx, *cotangents):
+        # Output s is contract(open = s); by the rule of the module docstring its cotangent h_s
+        # reaches input t != s as contract(open = t) with h_s in slot s.
+        saved = list(ctx.saved_tensors[:4])
+        edge_index = ctx.saved_tensors[4]
+        grads = [None] * 4
+        for target in range(4):
+            if not ctx.needs_input_grad[target]:
+                continue
+            for source in range(3):
+                if source == target or not ctx.wanted >> source & 1 or cotangents[source] is None:
+                    continue
+                arguments = list(saved)
+                arguments[source] = cotangents[source].contiguous()
+                arguments[target] = None
+                term = contract(*arguments, edge_index, ctx.num_nodes, target, *ctx.rest)
+                grads[target] = term if grads[target] is None else grads[target] + term
+        return (*grads,) + (None,) * 10
+
+    torch.library.register_autograd(qualified, backward, setup_context=setup_context)
+
+    @register_flop_formula(getattr(torch.ops.eqscale, op_name))
+    def _flops(x_shape, y_shape, w_shape, g_shape, edge_index_shape, num_nodes, wanted, *args, **kwargs) -> int:
+        # One evaluation of the 4-linear form per gradient, as if each were its own contract.
+        return wanted.bit_count() * args[-1] * edge_index_shape[1]
+
+
 if _cpu.load():
-    _register(_cpu.OP_NAME, with_fake=True)
+    _register_fused_backward(_cpu.BACKWARD_OP_NAME, _cpu.OP_NAME)
+    _register(_cpu.OP_NAME, with_fake=True, backward_op_name=_cpu.BACKWARD_OP_NAME)
 if backends.triton_available():
     _register(_triton_op_name(), with_fake=False)

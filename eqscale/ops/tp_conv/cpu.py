@@ -9,7 +9,15 @@ Schema (``csrc/ops.cpp``)::
 
 evaluates the 4-linear form of :mod:`eqscale.ops.tp_conv` with slot ``open_slot`` left open (its
 tensor is None). ``sizes = [sender_rows, dim_in1, dim_in2, weight_numel, weights_shared,
-dim_out]``; the tables are those of :mod:`eqscale.ops.tp_conv._tables`.
+dim_out]``; the tables are those of :mod:`eqscale.ops.tp_conv._tables`. ::
+
+    tp_conv_backward(Tensor node_feats, Tensor edge_attrs, Tensor? edge_weights, Tensor grad_out,
+                     Tensor edge_index, int num_nodes, int wanted, Tensor paths, Tensor cg_index,
+                     Tensor cg_value, int layout, int[] sizes, bool deterministic, int flops_per_edge)
+        -> (Tensor, Tensor, Tensor)
+
+returns the open slots 0, 1 and 2 at once (bit mask ``wanted``: 1, 2, 4; the others are empty
+``(0,)`` tensors), sharing the work between them.
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ from __future__ import annotations
 from eqscale import _extension
 
 OP_NAME = "tp_conv_contract"
+BACKWARD_OP_NAME = "tp_conv_backward"
 
 
 def load() -> bool:
