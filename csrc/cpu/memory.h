@@ -1,18 +1,31 @@
 // Large output tensors for the CPU kernels.
 //
 // The kernels' outputs (E x K x C edge features, per-edge weight gradients, edge lists) are large,
-// fresh and written once. With 4 KiB pages their first-touch page faults can cost more than
-// filling them: on a 2-core test machine a fresh 192 MB tensor took 100 ms to fill
-// against 30-40 ms once it was backed by 2 MiB pages, and the SO(2) convolution's
-// forward+backward ran 7-8% faster with its outputs allocated here. Where the kernel has
-// transparent huge pages in "madvise" mode (the common default), empty_huge() asks for them
-// before anything touches the memory. (Doing the same for the PyTorch-allocated intermediates of
-// the SO(2) maps measured 8% slower, so it is not done there.)
+// fresh and written once. A fresh allocation of that size is a new mapping from the OS (glibc maps
+// anything above 32 MiB directly), so every call pays for faulting in and zeroing every page before
+// the kernel writes it: a per-edge weight gradient of 130 MB took a quarter of the tensor-product
+// convolution's backward that way. empty_huge() therefore hands out buffers from a small pool:
+//
+//   * a buffer whose tensor is freed goes back to the pool instead of the OS, and the next request
+//     of about the same size (the next training step) gets it with its pages already in place;
+//   * the pool keeps at most EQSCALE_CPU_POOL_MB megabytes of unused buffers (default 1024; 0
+//     turns it off), the oldest returned first when over;
+//   * buffers are 2 MiB aligned and backed by transparent huge pages where the kernel has them in
+//     "madvise" mode (the common default): on a 2-core machine a fresh 192 MB tensor took 100 ms to
+//     fill with 4 KiB pages against 30-40 ms with 2 MiB pages.
+//
+// (Doing the same for the PyTorch-allocated intermediates of the SO(2) maps measured 8% slower, so
+// it is not done there.)
 #pragma once
 
 #include <ATen/ATen.h>
 
 #include <cstdint>
+#include <cstdlib>
+#include <list>
+#include <mutex>
+#include <string>
+#include <utility>
 
 #if defined(__linux__)
 #include <sys/mman.h>
@@ -20,11 +33,13 @@
 
 namespace eqscale {
 
+constexpr int64_t kHugePage = int64_t{1} << 21;
+
 // Asks for transparent huge pages on the 2 MiB-aligned part of [data, data + bytes) when it spans
 // at least a few of them; a no-op elsewhere.
 inline void advise_huge_pages(void* data, int64_t bytes) {
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
-  constexpr uintptr_t kHuge = uintptr_t{1} << 21;
+  constexpr uintptr_t kHuge = static_cast<uintptr_t>(kHugePage);
   if (bytes < static_cast<int64_t>(4 * kHuge)) return;
   const uintptr_t begin = (reinterpret_cast<uintptr_t>(data) + kHuge - 1) & ~(kHuge - 1);
   const uintptr_t end = (reinterpret_cast<uintptr_t>(data) + static_cast<uintptr_t>(bytes)) & ~(kHuge - 1);
@@ -35,8 +50,81 @@ inline void advise_huge_pages(void* data, int64_t bytes) {
 #endif
 }
 
-// at::empty, backed by huge pages where the kernel grants them.
+// The pool of unused large buffers (see the top of this file). Never destroyed: tensors that are
+// still alive at exit return their buffers through it.
+class BufferPool {
+ public:
+  static BufferPool& instance() {
+    static BufferPool* pool = new BufferPool();
+    return *pool;
+  }
+
+  // A buffer of at least `bytes`: a pooled one of at most twice that size, else a new one.
+  void* take(int64_t bytes, int64_t& capacity) {
+    {
+      std::lock_guard<std::mutex> guard(lock_);
+      auto best = free_.end();
+      for (auto it = free_.begin(); it != free_.end(); ++it)
+        if (it->second >= bytes && it->second <= 2 * bytes && (best == free_.end() || it->second < best->second))
+          best = it;
+      if (best != free_.end()) {
+        void* data = best->first;
+        capacity = best->second;
+        free_bytes_ -= capacity;
+        free_.erase(best);
+        return data;
+      }
+    }
+    capacity = (bytes + kHugePage - 1) / kHugePage * kHugePage;
+    void* data = nullptr;
+    if (posix_memalign(&data, static_cast<size_t>(kHugePage), static_cast<size_t>(capacity)) != 0) return nullptr;
+    advise_huge_pages(data, capacity);
+    return data;
+  }
+
+  // Takes a buffer back, or frees it (and the oldest others) beyond the size limit.
+  void give(void* data, int64_t capacity) {
+    std::lock_guard<std::mutex> guard(lock_);
+    free_.emplace_back(data, capacity);
+    free_bytes_ += capacity;
+    while (free_bytes_ > limit_bytes_ && !free_.empty()) {
+      std::free(free_.front().first);
+      free_bytes_ -= free_.front().second;
+      free_.pop_front();
+    }
+  }
+
+  bool enabled() const { return limit_bytes_ > 0; }
+
+ private:
+  BufferPool() {
+    const char* text = std::getenv("EQSCALE_CPU_POOL_MB");
+    const int64_t megabytes = text == nullptr ? 1024 : std::atoll(text);
+    limit_bytes_ = megabytes > 0 ? megabytes << 20 : 0;
+  }
+
+  std::mutex lock_;
+  std::list<std::pair<void*, int64_t>> free_;  // oldest first
+  int64_t free_bytes_ = 0;
+  int64_t limit_bytes_ = 0;
+};
+
+// at::empty for a large kernel output: from the buffer pool (huge pages, pages already faulted in
+// when reused) for CPU tensors of at least 8 MiB, a plain at::empty otherwise. The contents are
+// undefined, as with at::empty.
 inline at::Tensor empty_huge(at::IntArrayRef size, const at::TensorOptions& options) {
+  int64_t numel = 1;
+  for (int64_t s : size) numel *= s;
+  const int64_t bytes = numel * static_cast<int64_t>(c10::elementSize(options.dtype().toScalarType()));
+  BufferPool& pool = BufferPool::instance();
+  if (options.device().is_cpu() && bytes >= 4 * kHugePage && pool.enabled()) {
+    int64_t capacity = 0;
+    void* data = pool.take(bytes, capacity);
+    if (data != nullptr) {
+      return at::from_blob(
+          data, size, [capacity](void* buffer) { BufferPool::instance().give(buffer, capacity); }, options);
+    }
+  }
   at::Tensor tensor = at::empty(size, options);
   if (tensor.device().is_cpu()) advise_huge_pages(tensor.data_ptr(), static_cast<int64_t>(tensor.nbytes()));
   return tensor;

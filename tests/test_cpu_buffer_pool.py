@@ -1,0 +1,76 @@
+"""The buffer pool behind the C++ kernels' large outputs (csrc/cpu/memory.h).
+
+A freed output of 8 MiB or more goes back to the pool and the next output of about its size reuses
+it, pages already in place; EQSCALE_CPU_POOL_MB=0 turns that off. Reused buffers must never leak
+old values: every output is fully written.
+"""
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from eqscale.o3 import plan_tensor_product, uvu_irreps_out
+from eqscale.ops.tp_conv import reference
+from eqscale.ops.tp_conv._tables import kernel_tables
+
+pytestmark = pytest.mark.usefixtures("cpu_extension")
+
+_REPO = Path(__file__).resolve().parents[1]
+NUM_EDGES = 2500  # x 1088 weights x 4 bytes: a 10.9 MB weight gradient, pooled
+
+
+def _plan():
+    allowed = [f"{d}{p}" for d in range(4) for p in "eo"]
+    irreps_out, instructions = uvu_irreps_out("32x0e+32x1o+32x2e+32x3o", "0e+1o+2e+3o", allowed)
+    return plan_tensor_product("32x0e+32x1o+32x2e+32x3o", "0e+1o+2e+3o", irreps_out, instructions)
+
+
+def _weight_gradient(plan, seed):
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(50, plan.irreps_in1.dim, generator=generator)
+    y = torch.randn(NUM_EDGES, plan.irreps_in2.dim, generator=generator)
+    g = torch.randn(50, plan.irreps_out.dim, generator=generator)
+    edge_index = torch.randint(0, 50, (2, NUM_EDGES), generator=generator)
+    tables = kernel_tables(plan, torch.device("cpu"))
+    sizes = [50, plan.irreps_in1.dim, plan.irreps_in2.dim, plan.weight_numel, 0, plan.irreps_out.dim]
+    out = torch.ops.eqscale.tp_conv_contract(x, y, None, g, edge_index, 50, 2, tables.paths, tables.cg_index,
+                                             tables.cg_value, tables.layout, sizes, True, 0)
+    w = torch.zeros(NUM_EDGES, plan.weight_numel, requires_grad=True)
+    (expected,) = torch.autograd.grad((reference.tp_conv(x, y, w, edge_index, 50, plan) * g).sum(), w)
+    return out, expected
+
+
+def test_freed_output_is_reused_and_holds_only_new_values():
+    plan = _plan()
+    first, expected = _weight_gradient(plan, seed=0)
+    torch.testing.assert_close(first, expected, rtol=1e-4, atol=1e-4)
+    address = first.data_ptr()
+    del first
+    second, expected = _weight_gradient(plan, seed=1)
+    assert second.data_ptr() == address  # the pool handed the same pages back
+    torch.testing.assert_close(second, expected, rtol=1e-4, atol=1e-4)
+    # A live output is never handed out twice.
+    third, _ = _weight_gradient(plan, seed=2)
+    assert third.data_ptr() != second.data_ptr()
+
+
+def test_pool_can_be_turned_off():
+    # Outputs then come from at::empty; still correct, one call after another.
+    script = textwrap.dedent(
+        """
+        import torch, eqscale
+        from tests.test_cpu_buffer_pool import _plan, _weight_gradient
+        for seed in range(2):
+            out, expected = _weight_gradient(_plan(), seed=seed)
+            torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-4)
+        """
+    )
+    env = {**os.environ, "EQSCALE_CPU_POOL_MB": "0"}
+    result = subprocess.run([sys.executable, "-c", script], cwd=_REPO, env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
