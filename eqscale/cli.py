@@ -35,21 +35,29 @@ def _bench(arguments: argparse.Namespace) -> int:
     info()
     print()
 
-    def print_row(row) -> None:
-        # Rows as they are measured: a full run takes many minutes.
-        if print_row.first:
-            print(TABLE_HEADER)
-            print_row.first = False
-        print(format_row(row), flush=True)
+    measured = []
 
-    print_row.first = True
+    def write_json(complete: bool) -> None:
+        with open(arguments.json, "w") as handle:
+            json.dump({"rows": [dataclasses.asdict(row) for row in measured], "quick": arguments.quick,
+                       "command": " ".join(["eqscale", *arguments.argv]), "complete": complete}, handle, indent=1)
+
+    def print_row(row) -> None:
+        # Rows as they are measured: a full run takes many minutes, and an interrupted one keeps
+        # its rows in the JSON file (marked incomplete).
+        if not measured:
+            print(TABLE_HEADER)
+        measured.append(row)
+        print(format_row(row), flush=True)
+        if arguments.json:
+            write_json(complete=False)
+
     rows = run_suites(arguments.suites or None, quick=arguments.quick, on_row=print_row)
     if not rows:
         print("no fused backend is usable here: nothing to compare (see `eqscale info`)", file=sys.stderr)
         return 1
     if arguments.json:
-        with open(arguments.json, "w") as handle:
-            json.dump({"rows": [dataclasses.asdict(row) for row in rows], "quick": arguments.quick}, handle, indent=1)
+        write_json(complete=True)
         print(f"\nwrote {arguments.json}")
     return 0
 

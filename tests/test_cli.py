@@ -33,6 +33,8 @@ def test_bench_quick_writes_rows(tmp_path, monkeypatch, cpu_extension):
     monkeypatch.setattr(suite, "STEPS", ("forward",))
     out = tmp_path / "rows.json"
     assert main(["bench", "--quick", "--suites", "spherical_harmonics", "--json", str(out)]) == 0
-    rows = json.loads(out.read_text())["rows"]
+    result = json.loads(out.read_text())
+    rows = result["rows"]
+    assert result["complete"] and result["command"].startswith("eqscale bench --quick")
     assert [(row["backend"], row["anchor"], row["step"]) for row in rows] == [("eqscale-cpu", "e3nn", "forward")]
     assert rows[0]["speedup"] > 0 and rows[0]["gflops"] > 0
