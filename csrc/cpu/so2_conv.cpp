@@ -15,7 +15,7 @@
 //   * open 1 (Wigner-D): dD_e,l[m, m'] = sum_c Y[e, pos(l, m), c] X[index_e, l^2 + l + m', c]; rows
 //     with |m| > mmax do not enter F and get zero.
 //
-// Every inner loop runs over the contiguous channel axis (vectorised by the compiler).
+// Every inner loop runs over the contiguous channel axis, in SIMD vectors (simd.h).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -24,10 +24,12 @@
 #include <algorithm>
 #include <cstdint>
 #include <optional>
+#include <type_traits>
 #include <vector>
 
 #include "memory.h"
 #include "parallel.h"
+#include "simd.h"
 
 namespace eqscale {
 namespace {
@@ -59,24 +61,45 @@ struct Layout {
   }
 };
 
-// Channels are processed in blocks of kBlock with the accumulators in a fixed-size local array,
-// which the compiler keeps in vector registers; a channel count that is not a multiple of kBlock
-// runs its tail through the same code with a run-time width.
-constexpr int64_t kBlock = 16;
+// The channel axis is contiguous in every operand: the loops below run over it in chunks of
+// kChunk vectors (accumulators in registers), then single vectors, then single channels.
+constexpr int kChunk = 4;
 
-// y[0:width] = sum_k row[k] x[k * stride : + width]
-template <class S, int64_t W>
-inline void combine_rows(const S* __restrict__ row, int64_t count, const S* __restrict__ x, int64_t stride,
-                         S* __restrict__ y, int64_t width) {
-  S acc[W > 0 ? W : kBlock];
-  const int64_t n = W > 0 ? W : width;
-  for (int64_t j = 0; j < n; ++j) acc[j] = S(0);
-  for (int64_t k = 0; k < count; ++k) {
-    const S coefficient = row[k];
-    const S* __restrict__ xk = x + k * stride;
-    for (int64_t j = 0; j < n; ++j) acc[j] += coefficient * xk[j];
+// Calls chunk(width, c) for consecutive channel chunks covering [0, channels), width being the
+// number of SIMD vectors in the chunk (0: one scalar channel).
+template <class S, class F>
+EQSCALE_SIMD_INLINE void over_channels(int64_t channels, F&& chunk) {
+  int64_t c = 0;
+#ifdef EQSCALE_SIMD
+  constexpr int64_t lanes = Simd<S>::lanes;
+  for (; c + kChunk * lanes <= channels; c += kChunk * lanes) chunk(std::integral_constant<int, kChunk>(), c);
+  for (; c + lanes <= channels; c += lanes) chunk(std::integral_constant<int, 1>(), c);
+#endif
+  for (; c < channels; ++c) chunk(std::integral_constant<int, 0>(), c);
+}
+
+// y = sum_k coefficients[k] rows[k] (beginning with y when Accumulate) over U vectors of channels
+// (one channel for U = 0) at channel c.
+template <class S, int U, bool Accumulate, class Rows>
+EQSCALE_SIMD_INLINE void combine(const S* __restrict__ coefficients, int64_t count, Rows rows, int64_t c,
+                                 S* __restrict__ y) {
+#ifdef EQSCALE_SIMD
+  if constexpr (U > 0) {
+    using T = Simd<S>;
+    typename T::V acc[U];
+    for (int u = 0; u < U; ++u) acc[u] = Accumulate ? T::load(y + u * T::lanes) : typename T::V{};
+    for (int64_t k = 0; k < count; ++k) {
+      const typename T::V coefficient = T::splat(coefficients[k]);
+      const S* row = rows(k) + c;
+      for (int u = 0; u < U; ++u) acc[u] += coefficient * T::load(row + u * T::lanes);
+    }
+    for (int u = 0; u < U; ++u) T::store(y + u * T::lanes, acc[u]);
+    return;
   }
-  for (int64_t j = 0; j < n; ++j) y[j] = acc[j];
+#endif
+  S acc = Accumulate ? *y : S(0);
+  for (int64_t k = 0; k < count; ++k) acc += coefficients[k] * rows(k)[c];
+  *y = acc;
 }
 
 // Y[e] = D_e X[row] for one edge: out (num_m, C), node_row ((L+1)^2, C), wigner (packed blocks).
@@ -87,63 +110,54 @@ void rotate_in_edge(const Layout& lay, const S* __restrict__ wigner, const S* __
     const int64_t d = 2 * l + 1, top = std::min(l, lay.mmax);
     const S* block = wigner + lay.wigner_offset[l];
     const S* x = node_row + l * l * channels;
+    const auto source = [x, channels](int64_t k) { return x + k * channels; };
     for (int64_t m = -top; m <= top; ++m) {
       S* y = out + lay.position[l * l + l + m] * channels;
       const S* row = block + (m + l) * d;
-      int64_t c = 0;
-      for (; c + kBlock <= channels; c += kBlock) combine_rows<S, kBlock>(row, d, x + c, channels, y + c, kBlock);
-      if (c < channels) combine_rows<S, 0>(row, d, x + c, channels, y + c, channels - c);
+      over_channels<S>(channels, [&](auto width, int64_t c) {
+        combine<S, decltype(width)::value, false>(row, d, source, c, y + c);
+      });
     }
   }
-}
-
-// acc[0:width] += sum_m column[m * d] y_m[0:width] over the kept rows m of one degree.
-template <class S, int64_t W>
-inline void accumulate_column(const S* __restrict__ column, int64_t d, const int64_t* __restrict__ rows,
-                              int64_t count, const S* __restrict__ edge_row, int64_t channels, S* __restrict__ x,
-                              int64_t width) {
-  S acc[W > 0 ? W : kBlock];
-  const int64_t n = W > 0 ? W : width;
-  for (int64_t j = 0; j < n; ++j) acc[j] = x[j];
-  for (int64_t r = 0; r < count; ++r) {
-    const S coefficient = column[r * d];
-    const S* __restrict__ y = edge_row + rows[r] * channels;
-    for (int64_t j = 0; j < n; ++j) acc[j] += coefficient * y[j];
-  }
-  for (int64_t j = 0; j < n; ++j) x[j] = acc[j];
 }
 
 // acc ((L+1)^2, C) += D_e^T Y[e] for one edge.
 template <class S>
 void rotate_out_edge(const Layout& lay, const S* __restrict__ wigner, const S* __restrict__ edge_row,
                      S* __restrict__ acc, int64_t channels) {
-  int64_t rows[2 * 64 + 1];
+  const S* kept[2 * 64 + 1];
+  S columns[2 * 64 + 1];
   for (int64_t l = 0; l <= lay.lmax; ++l) {
     const int64_t d = 2 * l + 1, top = std::min(l, lay.mmax), count = 2 * top + 1;
-    for (int64_t m = -top; m <= top; ++m) rows[m + top] = lay.position[l * l + l + m];
-    // Column k of the kept rows -top..top of D_l starts at (l - top) * d + k.
+    for (int64_t m = -top; m <= top; ++m) kept[m + top] = edge_row + lay.position[l * l + l + m] * channels;
+    const auto source = [&kept](int64_t r) { return kept[r]; };
+    // Rows -top..top of D_l are the kept ones; column k of them, made contiguous.
     const S* block = wigner + lay.wigner_offset[l] + (l - top) * d;
     S* x = acc + l * l * channels;
     for (int64_t k = 0; k < d; ++k) {
+      for (int64_t r = 0; r < count; ++r) columns[r] = block[r * d + k];
       S* xk = x + k * channels;
-      int64_t c = 0;
-      for (; c + kBlock <= channels; c += kBlock)
-        accumulate_column<S, kBlock>(block + k, d, rows, count, edge_row + c, channels, xk + c, kBlock);
-      if (c < channels) accumulate_column<S, 0>(block + k, d, rows, count, edge_row + c, channels, xk + c, channels - c);
+      over_channels<S>(channels, [&](auto width, int64_t c) {
+        combine<S, decltype(width)::value, true>(columns, count, source, c, xk + c);
+      });
     }
   }
 }
 
-// sum_c y[c] x[c] with kBlock partial sums (a vectorisable reduction without -ffast-math).
+// sum_c y[c] x[c].
 template <class S>
 inline S dot(const S* __restrict__ y, const S* __restrict__ x, int64_t channels) {
-  S part[kBlock] = {};
-  int64_t c = 0;
-  for (; c + kBlock <= channels; c += kBlock)
-    for (int64_t j = 0; j < kBlock; ++j) part[j] += y[c + j] * x[c + j];
   S total = S(0);
+  int64_t c = 0;
+#ifdef EQSCALE_SIMD
+  using T = Simd<S>;
+  typename T::V part[kChunk] = {};
+  for (; c + kChunk * T::lanes <= channels; c += kChunk * T::lanes)
+    for (int u = 0; u < kChunk; ++u) part[u] += T::load(y + c + u * T::lanes) * T::load(x + c + u * T::lanes);
+  for (; c + T::lanes <= channels; c += T::lanes) part[0] += T::load(y + c) * T::load(x + c);
+  total = T::sum((part[0] + part[1]) + (part[2] + part[3]));
+#endif
   for (; c < channels; ++c) total += y[c] * x[c];
-  for (int64_t j = 0; j < kBlock; ++j) total += part[j];
   return total;
 }
 

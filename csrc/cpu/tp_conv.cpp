@@ -43,12 +43,7 @@
 
 #include "memory.h"
 #include "parallel.h"
-
-#if defined(__GNUC__) && !defined(__clang__)
-// 32/64-byte vector types change the calling convention on targets without AVX; they never cross
-// a call boundary here (everything is inlined), so the warning is noise.
-#pragma GCC diagnostic ignored "-Wpsabi"
-#endif
+#include "simd.h"
 
 namespace eqscale {
 namespace {
@@ -165,75 +160,6 @@ EQSCALE_TP_INLINE void prefetch_slices(const S* const* rows, int64_t n, int64_t 
 // ---------------------------------------------------------------------------------------------
 
 #ifdef EQSCALE_TP_SIMD
-#if defined(__AVX512F__)
-constexpr int kVectorBytes = 64;
-#else
-constexpr int kVectorBytes = 32;
-#endif
-
-template <class S>
-struct Simd {
-  static constexpr int64_t lanes = kVectorBytes / sizeof(S);
-  typedef S V __attribute__((vector_size(kVectorBytes)));
-  EQSCALE_TP_INLINE static V load(const S* p) {
-    V v;
-    std::memcpy(&v, p, sizeof(V));
-    return v;
-  }
-  EQSCALE_TP_INLINE static void store(S* p, const V& v) { std::memcpy(p, &v, sizeof(V)); }
-  // A store that bypasses the caches (p aligned to the vector size) for large outputs written once:
-  // it saves reading each line in before overwriting it. Needs fence() before others read them.
-  EQSCALE_TP_INLINE static void stream(S* p, const V& v) {
-#if defined(__AVX512F__)
-    if constexpr (sizeof(S) == 4) {
-      _mm512_stream_ps(reinterpret_cast<float*>(p), reinterpret_cast<const __m512&>(v));
-    } else {
-      _mm512_stream_pd(reinterpret_cast<double*>(p), reinterpret_cast<const __m512d&>(v));
-    }
-#elif defined(__AVX__)
-    if constexpr (sizeof(S) == 4) {
-      _mm256_stream_ps(reinterpret_cast<float*>(p), reinterpret_cast<const __m256&>(v));
-    } else {
-      _mm256_stream_pd(reinterpret_cast<double*>(p), reinterpret_cast<const __m256d&>(v));
-    }
-#else
-    store(p, v);
-#endif
-  }
-  EQSCALE_TP_INLINE static bool aligned(const S* p) { return reinterpret_cast<uintptr_t>(p) % sizeof(V) == 0; }
-  EQSCALE_TP_INLINE static void fence() {
-#if defined(__AVX__)
-    _mm_sfence();
-#endif
-  }
-  // A braced list of copies compiles to one broadcast from memory; V{} + s costs an add (0 + s is
-  // no identity for -0) and an element loop may be vectorised into a wide load.
-  template <size_t... I>
-  EQSCALE_TP_INLINE static V splat(S s, std::index_sequence<I...>) {
-    return V{((void)I, s)...};
-  }
-  EQSCALE_TP_INLINE static V splat(S s) { return splat(s, std::make_index_sequence<lanes>()); }
-  EQSCALE_TP_INLINE static S sum(const V& v) { return Halves<kVectorBytes>::sum(v); }
-
-  // Horizontal sum by halving (log2(lanes) adds); a loop over lanes costs a shuffle per lane.
-  template <int Bytes, bool Last = (Bytes == 2 * sizeof(S))>
-  struct Halves {
-    typedef S W __attribute__((vector_size(Bytes)));
-    typedef S H __attribute__((vector_size(Bytes / 2)));
-    EQSCALE_TP_INLINE static S sum(const W& v) {
-      H lo, hi;
-      std::memcpy(&lo, &v, Bytes / 2);
-      std::memcpy(&hi, reinterpret_cast<const char*>(&v) + Bytes / 2, Bytes / 2);
-      return Halves<Bytes / 2>::sum(lo + hi);
-    }
-  };
-  template <int Bytes>
-  struct Halves<Bytes, true> {
-    typedef S W __attribute__((vector_size(Bytes)));
-    EQSCALE_TP_INLINE static S sum(const W& v) { return v[0] + v[1]; }
-  };
-};
-
 // How the per-edge weight W[u] enters dst_b += sum_a y_ab W src_a: on the a side (z_a = W src_a,
 // DA multiplies) or, when DB < DA, on the b side (t_b = sum_a y_ab src_a, then dst_b += W t_b, DB
 // multiplies). The b-side form also starts a fresh chain t_b per edge, so consecutive edges overlap
