@@ -20,6 +20,11 @@ TORCH_LIBRARY(eqscale, m) {
   // SO(2) convolution rotations (csrc/cpu/so2_conv.cpp): the trilinear form of
   // eqscale/ops/so2_conv/__init__.py with slot open_slot (0 node, 1 wigner, 2 edge) open.
   m.def("so2_rotate_contract(Tensor? node, Tensor? wigner, Tensor? edge, Tensor index, int num_nodes, int open_slot, int lmax, int mmax) -> Tensor");
+  // Radial modulation of the SO(2) maps' inputs (csrc/cpu/so2_conv.cpp): edge_feats (E, K, C) times
+  // radial (E, K_half, C), one radial row per (l, |m|); the backward returns (grad_edge_feats,
+  // grad_radial), a (0,) tensor for each one not needed.
+  m.def("so2_radial_scale(Tensor edge_feats, Tensor radial, int lmax, int mmax) -> Tensor");
+  m.def("so2_radial_scale_backward(Tensor grad, Tensor edge_feats, Tensor radial, int lmax, int mmax, bool need_edge_feats, bool need_radial) -> (Tensor, Tensor)");
   // SO(2) convolution Wigner-D (csrc/cpu/so2_wigner.cpp): packed blocks D_0..D_lmax (E, sum_l (2l+1)^2)
   // of rotations (E, 3, 3) by the Ivanic-Ruedenberg recursion, and their vector-Jacobian product.
   m.def("so2_wigner_from_rotation(Tensor rotations, int lmax) -> Tensor");

@@ -1,4 +1,5 @@
-// CPU kernel of the SO(2)-convolution rotations: the operator so2_rotate_contract.
+// CPU kernels of the SO(2) convolution: the rotations (so2_rotate_contract) and the radial
+// modulation of the SO(2) maps' inputs (so2_radial_scale, so2_radial_scale_backward, at the end).
 //
 // It evaluates the trilinear form of eqscale/ops/so2_conv/__init__.py,
 //
@@ -24,6 +25,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <optional>
+#include <tuple>
 #include <type_traits>
 #include <vector>
 
@@ -277,7 +279,121 @@ at::Tensor so2_rotate_contract(const std::optional<at::Tensor>& node_in, const s
   return out;
 }
 
+// ---------------------------------------------------------------------------------------------
+// Radial modulation of the SO(2) maps' inputs: so2_radial_scale and its backward.
+//
+// scaled[e, p, c] = edge[e, p, c] * radial[e, q(p), c], where the m-major row p of (l, +-m) takes
+// the radial row q of (l, |m|) (one row per m >= 0, l >= m, shared by +m and -m). The backward
+// gives grad_edge = grad * radial and grad_radial[q] = sum over the (one or two) rows p of q of
+// grad[p] * edge[p] in one pass over the edges, which PyTorch does in three (and a temporary).
+// Outputs come from the buffer pool (memory.h): their pages are in place from the last step.
+// ---------------------------------------------------------------------------------------------
+
+constexpr const char* kRadialOp = "so2_radial_scale";
+
+// The edge rows of each radial row: plus[q] and minus[q] (-1 for m = 0).
+struct RadialRows {
+  std::vector<int64_t> plus, minus;
+  RadialRows(int64_t lmax, int64_t mmax) {
+    for (int64_t l = 0; l <= lmax; ++l) plus.push_back(l), minus.push_back(-1);
+    int64_t offset = lmax + 1;
+    for (int64_t m = 1; m <= mmax; ++m) {
+      const int64_t n = lmax + 1 - m;
+      for (int64_t i = 0; i < n; ++i) plus.push_back(offset + i), minus.push_back(offset + n + i);
+      offset += 2 * n;
+    }
+  }
+  int64_t size() const { return static_cast<int64_t>(plus.size()); }
+};
+
+template <class S>
+void scale_rows(const S* __restrict__ x, const S* __restrict__ r, S* __restrict__ y, int64_t channels) {
+  for (int64_t c = 0; c < channels; ++c) y[c] = x[c] * r[c];
+}
+
+void check_radial_inputs(const at::Tensor& edge, const at::Tensor& radial, int64_t lmax, int64_t mmax,
+                         const RadialRows& rows, const char* name) {
+  TORCH_CHECK(lmax >= 0 && mmax >= 0 && mmax <= lmax, kRadialOp, ": need 0 <= mmax <= lmax, got lmax=", lmax,
+              ", mmax=", mmax);
+  TORCH_CHECK(edge.dim() == 3, kRadialOp, ": ", name, " must be (E, K, C), got ", edge.sizes());
+  const Layout lay(lmax, mmax);
+  TORCH_CHECK(edge.size(1) == lay.num_m, kRadialOp, ": ", name, " must have ", lay.num_m, " rows for lmax=", lmax,
+              ", mmax=", mmax, ", got ", edge.size(1));
+  check_float(name, edge, edge.scalar_type(), edge.sizes());
+  check_float("radial", radial, edge.scalar_type(), {edge.size(0), rows.size(), edge.size(2)});
+}
+
+at::Tensor so2_radial_scale(const at::Tensor& edge, const at::Tensor& radial, int64_t lmax, int64_t mmax) {
+  const RadialRows rows(lmax, mmax);
+  check_radial_inputs(edge, radial, lmax, mmax, rows, "edge_feats");
+  const int64_t num_edges = edge.size(0), num_m = edge.size(1), channels = edge.size(2), num_q = rows.size();
+  at::Tensor out = empty_huge(edge.sizes().vec(), edge.options());
+  AT_DISPATCH_FLOATING_TYPES(edge.scalar_type(), kRadialOp, [&] {
+    const scalar_t* x = edge.data_ptr<scalar_t>();
+    const scalar_t* r = radial.data_ptr<scalar_t>();
+    scalar_t* y = out.data_ptr<scalar_t>();
+    parallel_for(0, num_edges, 16, [&](int64_t begin, int64_t end) {
+      for (int64_t e = begin; e < end; ++e) {
+        const int64_t edge_base = e * num_m * channels, radial_base = e * num_q * channels;
+        for (int64_t q = 0; q < num_q; ++q) {
+          const scalar_t* rq = r + radial_base + q * channels;
+          for (const int64_t p : {rows.plus[q], rows.minus[q]}) {
+            if (p < 0) continue;
+            scale_rows(x + edge_base + p * channels, rq, y + edge_base + p * channels, channels);
+          }
+        }
+      }
+    });
+  });
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor> so2_radial_scale_backward(const at::Tensor& grad, const at::Tensor& edge,
+                                                             const at::Tensor& radial, int64_t lmax, int64_t mmax,
+                                                             bool need_edge, bool need_radial) {
+  const RadialRows rows(lmax, mmax);
+  check_radial_inputs(edge, radial, lmax, mmax, rows, "edge_feats");
+  check_float("grad", grad, edge.scalar_type(), edge.sizes());
+  const int64_t num_edges = edge.size(0), num_m = edge.size(1), channels = edge.size(2), num_q = rows.size();
+  at::Tensor grad_edge = need_edge ? empty_huge(edge.sizes().vec(), edge.options()) : edge.new_empty({0});
+  at::Tensor grad_radial = need_radial ? empty_huge(radial.sizes().vec(), radial.options()) : radial.new_empty({0});
+  AT_DISPATCH_FLOATING_TYPES(edge.scalar_type(), kRadialOp, [&] {
+    const scalar_t* g = grad.data_ptr<scalar_t>();
+    const scalar_t* x = edge.data_ptr<scalar_t>();
+    const scalar_t* r = radial.data_ptr<scalar_t>();
+    scalar_t* gx = need_edge ? grad_edge.data_ptr<scalar_t>() : nullptr;
+    scalar_t* gr = need_radial ? grad_radial.data_ptr<scalar_t>() : nullptr;
+    parallel_for(0, num_edges, 16, [&](int64_t begin, int64_t end) {
+      for (int64_t e = begin; e < end; ++e) {
+        const int64_t edge_base = e * num_m * channels, radial_base = e * num_q * channels;
+        for (int64_t q = 0; q < num_q; ++q) {
+          const int64_t plus = edge_base + rows.plus[q] * channels;
+          const int64_t minus = rows.minus[q] < 0 ? -1 : edge_base + rows.minus[q] * channels;
+          const scalar_t* rq = r + radial_base + q * channels;
+          if (gx != nullptr) {
+            scale_rows(g + plus, rq, gx + plus, channels);
+            if (minus >= 0) scale_rows(g + minus, rq, gx + minus, channels);
+          }
+          if (gr != nullptr) {
+            scalar_t* out = gr + radial_base + q * channels;
+            if (minus >= 0) {
+              for (int64_t c = 0; c < channels; ++c) out[c] = g[plus + c] * x[plus + c] + g[minus + c] * x[minus + c];
+            } else {
+              for (int64_t c = 0; c < channels; ++c) out[c] = g[plus + c] * x[plus + c];
+            }
+          }
+        }
+      }
+    });
+  });
+  return {grad_edge, grad_radial};
+}
+
 }  // namespace
 }  // namespace eqscale
 
-TORCH_LIBRARY_IMPL(eqscale, CPU, m) { m.impl("so2_rotate_contract", &eqscale::so2_rotate_contract); }
+TORCH_LIBRARY_IMPL(eqscale, CPU, m) {
+  m.impl("so2_rotate_contract", &eqscale::so2_rotate_contract);
+  m.impl("so2_radial_scale", &eqscale::so2_radial_scale);
+  m.impl("so2_radial_scale_backward", &eqscale::so2_radial_scale_backward);
+}

@@ -5,7 +5,8 @@ its time outside its GEMMs: the outputs are concatenated (and split again in the
 gradients of the cut input are zero-filled and summed, and the radial scaling makes three
 full-size passes. Here every GEMM reads its block of the m-major input in place (a row-strided
 matrix) and writes its block of a preallocated output, forward and backward, so what remains
-besides the GEMMs is one pass for the radial scaling forward and two backward.
+besides the GEMMs is one pass for the radial scaling forward and one backward (C++ kernels on
+CPU tensors where the extension is built; three PyTorch passes backward elsewhere).
 
 First-order gradients come from these GEMMs. When the backward itself is differentiated
 (``create_graph=True``, e.g. training on forces), or under ``torch.compile`` (whose compiler
@@ -14,8 +15,11 @@ fuses the elementwise work itself), the differentiable reference composition run
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
+from eqscale.ops.so2_conv import cpu as _cpu
 from eqscale.ops.so2_conv import reference as _reference
 from eqscale.ops.so2_conv._layout import m_blocks
 
@@ -62,7 +66,10 @@ class _SO2Linear(torch.autograd.Function):
         num_edges, _, channels_in = edge_feats.shape
         blocks = m_blocks(lmax, mmax)
         scaled = edge_feats
-        if radial is not None:
+        if radial is not None and _radial_kernels(edge_feats):
+            radial = radial.contiguous()
+            scaled = getattr(torch.ops.eqscale, _cpu.RADIAL_OP_NAME)(edge_feats, radial, lmax, mmax)
+        elif radial is not None:
             scaled = torch.empty_like(edge_feats)
             for (m, offset, n), scale in zip(blocks, _split_radial(radial, blocks), strict=True):
                 torch.mul(_halves(edge_feats, offset, n, m), scale[:, None], out=_halves(scaled, offset, n, m))
@@ -106,6 +113,11 @@ class _SO2Linear(torch.autograd.Function):
         grad_feats = grad_radial = None
         if radial is None:
             grad_feats = grad_scaled if need_feats else None
+        elif _radial_kernels(edge_feats) and (need_feats or need_radial):
+            grad_feats, grad_radial = getattr(torch.ops.eqscale, _cpu.RADIAL_BACKWARD_OP_NAME)(
+                grad_scaled, edge_feats, radial, lmax, mmax, need_feats, need_radial
+            )
+            grad_feats, grad_radial = (grad_feats if need_feats else None), (grad_radial if need_radial else None)
         else:
             if need_feats:
                 grad_feats = torch.empty_like(edge_feats)
@@ -120,6 +132,20 @@ class _SO2Linear(torch.autograd.Function):
                 if grad_scale is not None:
                     torch.sum(upstream * _halves(edge_feats, offset, n, m), dim=1, out=grad_scale)
         return grad_feats, grad_weights, grad_radial, None, None, None
+
+
+@functools.cache
+def _radial_kernels_built() -> bool:
+    return _cpu.load() and hasattr(torch.ops.eqscale, _cpu.RADIAL_OP_NAME)
+
+
+def _radial_kernels(edge_feats: torch.Tensor) -> bool:
+    """Whether the C++ radial-modulation kernels take these (CPU, float32/float64) features."""
+    return (
+        edge_feats.device.type == "cpu"
+        and edge_feats.dtype in (torch.float32, torch.float64)
+        and _radial_kernels_built()
+    )
 
 
 def _split_radial(radial: torch.Tensor, blocks: list[tuple[int, int, int]]) -> tuple[torch.Tensor, ...]:

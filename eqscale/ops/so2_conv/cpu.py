@@ -9,6 +9,14 @@ evaluates the trilinear form of :mod:`eqscale.ops.so2_conv` with slot ``open_slo
 (its tensor is None): 0 node features ``(num_nodes, (L+1)^2, C)``, scattered by ``index``;
 1 packed Wigner-D ``(E, sum_l (2l+1)^2)``; 2 m-major edge features ``(E, K, C)``, gathered by
 ``index``.
+
+    so2_radial_scale(Tensor edge_feats, Tensor radial, int lmax, int mmax) -> Tensor
+    so2_radial_scale_backward(Tensor grad, Tensor edge_feats, Tensor radial, int lmax, int mmax,
+                              bool need_edge_feats, bool need_radial) -> (Tensor, Tensor)
+
+multiply m-major edge features ``(E, K, C)`` by radial multipliers ``(E, K_half, C)`` (the row of
+``(l, |m|)`` for both ``+m`` and ``-m``), and give both gradients in one pass (a ``(0,)`` tensor for
+one not asked for): the radial modulation of :mod:`eqscale.ops.so2_conv._linear`.
 """
 
 from __future__ import annotations
@@ -16,6 +24,8 @@ from __future__ import annotations
 from eqscale import _extension
 
 OP_NAME = "so2_rotate_contract"
+RADIAL_OP_NAME = "so2_radial_scale"
+RADIAL_BACKWARD_OP_NAME = "so2_radial_scale_backward"
 
 
 def load() -> bool:
