@@ -233,14 +233,15 @@ def block_matrices(
     weights: torch.Tensor, lmax: int, mmax: int, channels_in: int, channels_out: int
 ) -> list[torch.Tensor]:
     """Per order: ``W0``, or ``[[W1, W2], [-W2, W1]]`` acting on the row vector ``[x_{+m} | x_{-m}]``."""
-    matrices = []
-    for matrix in split_weights(weights, lmax, mmax, channels_in, channels_out):
-        if len(matrix) == 1:
-            matrices.append(matrix[0])
-        else:
-            w1, w2 = matrix
-            matrices.append(torch.cat([torch.cat([w1, w2], dim=1), torch.cat([-w2, w1], dim=1)], dim=0))
-    return matrices
+    return [stack_block(matrix) for matrix in split_weights(weights, lmax, mmax, channels_in, channels_out)]
+
+
+def stack_block(matrix: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """One order's GEMM matrix from its :func:`split_weights` entry: ``W0``, or ``[[W1, W2], [-W2, W1]]``."""
+    if len(matrix) == 1:
+        return matrix[0]
+    w1, w2 = matrix
+    return torch.cat([torch.cat([w1, w2], dim=1), torch.cat([-w2, w1], dim=1)], dim=0)
 
 
 def so2_linear_blocks(
