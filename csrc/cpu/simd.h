@@ -66,6 +66,18 @@ struct Simd {
     store(p, v);
 #endif
   }
+#if defined(__AVX512F__)
+  EQSCALE_SIMD_INLINE static __m512 as_m512(const V& v) {
+    __m512 r;
+    std::memcpy(&r, &v, sizeof(r));
+    return r;
+  }
+  EQSCALE_SIMD_INLINE static __m512d as_m512d(const V& v) {
+    __m512d r;
+    std::memcpy(&r, &v, sizeof(r));
+    return r;
+  }
+#endif
   EQSCALE_SIMD_INLINE static bool aligned(const S* p) { return reinterpret_cast<uintptr_t>(p) % sizeof(V) == 0; }
   EQSCALE_SIMD_INLINE static void fence() {
 #if defined(__AVX__)
@@ -80,6 +92,32 @@ struct Simd {
   }
   EQSCALE_SIMD_INLINE static V splat(S s) { return splat(s, std::make_index_sequence<lanes>()); }
   EQSCALE_SIMD_INLINE static S sum(const V& v) { return Halves<kVectorBytes>::sum(v); }
+  // out[j] = sum(v[j]) for four vectors. With AVX-512 one transposing reduction (six shuffles, five
+  // adds) serves all four where four separate reductions take about thirty instructions.
+  EQSCALE_SIMD_INLINE static void sum4(const V* v, S* out) {
+#if defined(__AVX512F__)
+    if constexpr (sizeof(S) == 4) {
+      const auto a = as_m512(v[0]), b = as_m512(v[1]), c = as_m512(v[2]), d = as_m512(v[3]);
+      // 128-bit blocks [a0+a2, a1+a3, b0+b2, b1+b3], then one block per vector.
+      const __m512 ab = _mm512_add_ps(_mm512_shuffle_f32x4(a, b, 0x44), _mm512_shuffle_f32x4(a, b, 0xEE));
+      const __m512 cd = _mm512_add_ps(_mm512_shuffle_f32x4(c, d, 0x44), _mm512_shuffle_f32x4(c, d, 0xEE));
+      __m512 x = _mm512_add_ps(_mm512_shuffle_f32x4(ab, cd, 0x88), _mm512_shuffle_f32x4(ab, cd, 0xDD));
+      x = _mm512_add_ps(x, _mm512_permute_ps(x, 0x4E));  // + the other 64-bit half of each block
+      x = _mm512_add_ps(x, _mm512_permute_ps(x, 0xB1));  // + the neighbouring lane
+      _mm_storeu_ps(reinterpret_cast<float*>(out), _mm512_castps512_ps128(_mm512_maskz_compress_ps(0x1111, x)));
+      return;
+    } else {
+      const auto a = as_m512d(v[0]), b = as_m512d(v[1]), c = as_m512d(v[2]), d = as_m512d(v[3]);
+      const __m512d ab = _mm512_add_pd(_mm512_shuffle_f64x2(a, b, 0x44), _mm512_shuffle_f64x2(a, b, 0xEE));
+      const __m512d cd = _mm512_add_pd(_mm512_shuffle_f64x2(c, d, 0x44), _mm512_shuffle_f64x2(c, d, 0xEE));
+      __m512d x = _mm512_add_pd(_mm512_shuffle_f64x2(ab, cd, 0x88), _mm512_shuffle_f64x2(ab, cd, 0xDD));
+      x = _mm512_add_pd(x, _mm512_permute_pd(x, 0x55));
+      _mm256_storeu_pd(reinterpret_cast<double*>(out), _mm512_castpd512_pd256(_mm512_maskz_compress_pd(0x55, x)));
+      return;
+    }
+#endif
+    for (int j = 0; j < 4; ++j) out[j] = sum(v[j]);
+  }
 
   // Horizontal sum by halving (log2(lanes) adds); a loop over lanes costs a shuffle per lane.
   template <int Bytes, bool Last = (Bytes == 2 * sizeof(S))>

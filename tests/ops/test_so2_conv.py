@@ -16,6 +16,7 @@ import eqscale
 from eqscale import backends
 from eqscale.o3 import Irreps, plan_tensor_product, random_rotation, rotation_to_axis, uvu_irreps_out, wigner_D
 from eqscale.ops import edge_rotate_in, edge_rotate_out_scatter, so2_conv, wigner_d
+from eqscale.ops.so2_conv import _linear as so2_linear_module
 from eqscale.ops.so2_conv import (
     num_m_coefficients,
     num_radial,
@@ -280,6 +281,31 @@ def test_so2_conv_gradcheck_fused(backend):
     )
 
 
+# Orders with m > 0 run as one stacked GEMM or, when wide, as three complex GEMMs (Gauss); the
+# width threshold is moved so that both forms meet these small problems, with unequal channel
+# counts (the sums cannot then share the output's rows) and with and without radial multipliers.
+@pytest.mark.parametrize("backend", ["cpu"], indirect=True)
+@pytest.mark.parametrize("three_products", [True, False])
+@pytest.mark.parametrize("channels", [(2, 1), (2, 2)])
+@pytest.mark.parametrize("with_radial", [True, False])
+def test_so2_maps_gemm_forms(backend, three_products, channels, with_radial, monkeypatch):
+    _require_fused(backend)
+    monkeypatch.setattr(so2_linear_module, "THREE_PRODUCTS_MIN_WIDTH", 1 if three_products else 10**9)
+    lmax, mmax = 3, 2
+    x, edge_vec, edge_index, w, radial = _problem(lmax, mmax, *channels, num_nodes=3, num_edges=5)
+    conv = lambda backend, r: lambda x, v, w: so2_conv(  # noqa: E731
+        x, v, edge_index, 3, w, r, lmax=lmax, mmax=mmax, backend=backend
+    )
+    radial = radial if with_radial else None
+    check_gradients(conv(backend, radial), [x, edge_vec, w], fast_mode=True)
+    # Each gradient alone (the others not requested) equals the reference's.
+    for index in range(3):
+        inputs = [t.clone().requires_grad_(i == index) for i, t in enumerate((x, edge_vec, w))]
+        (ours,) = torch.autograd.grad(conv(backend, radial)(*inputs).sum(), inputs[index])
+        (expected,) = torch.autograd.grad(conv("reference", radial)(*inputs).sum(), inputs[index])
+        assert_close(ours, expected, kind="grad")
+
+
 # Triton's derivatives are compared with the reference to second order in test_backend_parity;
 # finite differences through its interpreter would take minutes.
 @pytest.mark.parametrize("backend", ["reference", "cpu"], indirect=True)
@@ -294,6 +320,29 @@ def test_rotations_gradcheck(backend):
     rotate_out = lambda y, d: edge_rotate_out_scatter(y, d, edge_index, num_nodes, backend=backend)  # noqa: E731
     check_gradients(rotate_in, [x, wigner], fast_mode=True)
     check_gradients(rotate_out, [y, wigner], fast_mode=True)
+
+
+# The C++ rotations work in SIMD vectors of channels (chunks of four, single vectors, a scalar
+# tail); the Wigner-D gradient in groups of four dot products per row (d = 2l + 1 leaves one or
+# three). These channel counts reach every path, in both dtypes; the oracle is the reference.
+@pytest.mark.parametrize("backend", ["cpu"], indirect=True)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("channels", [1, 19, 67])
+def test_rotation_kernels_match_reference_across_channel_counts(backend, dtype, channels):
+    _require_fused(backend)
+    lmax, mmax, num_nodes, num_edges = 4, 3, 5, 9
+    edge_index, edge_vec = _graph(num_nodes, num_edges, seed=channels)
+    generator = _generator(channels)
+    x = torch.randn(num_nodes, (lmax + 1) ** 2, channels, dtype=dtype, generator=generator)
+    upstream = torch.randn(num_edges, num_m_coefficients(lmax, mmax), channels, dtype=dtype, generator=generator)
+    wigner = wigner_d(edge_vec.to(dtype), lmax)
+    results = {}
+    for name in ("reference", backend):
+        inputs = [t.clone().requires_grad_() for t in (x, wigner)]
+        rotated = edge_rotate_in(*inputs, edge_index, mmax, backend=name)
+        results[name] = (rotated, *torch.autograd.grad((rotated * upstream).sum(), inputs))
+    for ours, expected in zip(results[backend], results["reference"], strict=True):
+        assert_close(ours, expected, kind="grad")
 
 
 # The Triton interpreter runs each program in Python: its cases are the smallest that still cover
