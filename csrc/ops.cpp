@@ -25,6 +25,9 @@ TORCH_LIBRARY(eqscale, m) {
   // grad_radial), a (0,) tensor for each one not needed.
   m.def("so2_radial_scale(Tensor edge_feats, Tensor radial, int lmax, int mmax) -> Tensor");
   m.def("so2_radial_scale_backward(Tensor grad, Tensor edge_feats, Tensor radial, int lmax, int mmax, bool need_edge_feats, bool need_radial) -> (Tensor, Tensor)");
+  // An uninitialised tensor of `size` with the dtype of `like`, from the buffer pool of large CPU
+  // outputs (csrc/cpu/memory.h): the PyTorch-written intermediates of the SO(2) maps.
+  m.def("empty_pooled(Tensor like, int[] size) -> Tensor");
   // SO(2) convolution Wigner-D (csrc/cpu/so2_wigner.cpp): packed blocks D_0..D_lmax (E, sum_l (2l+1)^2)
   // of rotations (E, 3, 3) by the Ivanic-Ruedenberg recursion, and their vector-Jacobian product.
   m.def("so2_wigner_from_rotation(Tensor rotations, int lmax) -> Tensor");

@@ -1,4 +1,4 @@
-"""The buffer pool behind the C++ kernels' large outputs (csrc/cpu/memory.h).
+"""The buffer pool behind the C++ kernels' large outputs and the SO(2) maps' GEMM outputs (csrc/cpu/memory.h).
 
 A freed output of 8 MiB or more goes back to the pool and the next output of about its size reuses
 it, pages already in place; EQSCALE_CPU_POOL_MB=0 turns that off. Reused buffers must never leak
@@ -15,6 +15,8 @@ import pytest
 import torch
 
 from eqscale.o3 import plan_tensor_product, uvu_irreps_out
+from eqscale.ops.so2_conv import _linear, num_m_coefficients, num_radial, so2_weight_numel
+from eqscale.ops.so2_conv import reference as so2_reference
 from eqscale.ops.tp_conv import reference
 from eqscale.ops.tp_conv._tables import kernel_tables
 
@@ -74,3 +76,37 @@ def test_pool_can_be_turned_off():
     result = subprocess.run([sys.executable, "-c", script], cwd=_REPO, env=env, capture_output=True, text=True,
                             timeout=300)
     assert result.returncode == 0, result.stderr[-4000:]
+
+
+def test_empty_pooled_reuses_freed_buffers_and_checks_its_arguments():
+    like = torch.zeros(1, dtype=torch.float64)
+    first = torch.ops.eqscale.empty_pooled(like, [1100, 1000])  # 8.8 MB: pooled
+    assert first.shape == (1100, 1000) and first.dtype == torch.float64
+    address = first.data_ptr()
+    del first
+    assert torch.ops.eqscale.empty_pooled(like, [1000, 1100]).data_ptr() == address
+    with pytest.raises(RuntimeError, match="size must be non-negative"):
+        torch.ops.eqscale.empty_pooled(like, [-1, 3])
+
+
+def test_so2_maps_on_reused_buffers_hold_only_new_values():
+    # The SO(2) maps write their GEMM outputs and input gradients into pooled buffers. Filling the
+    # pool with NaN-poisoned buffers of their size (2,000 edges x 9 rows x 128 channels x 4 bytes
+    # = 9.2 MB) makes them reuse poisoned pages, which must not leak into the results.
+    lmax, mmax, channels, num_edges = 2, 2, 128, 2000
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(num_edges, num_m_coefficients(lmax, mmax), channels, generator=generator)
+    w = torch.randn(so2_weight_numel(lmax, mmax, channels, channels), generator=generator) / channels**0.5
+    radial = torch.randn(num_edges, num_radial(lmax, mmax), channels, generator=generator)
+    g = torch.randn_like(x)
+    poisoned = [torch.ops.eqscale.empty_pooled(x, list(x.shape)).fill_(float("nan")) for _ in range(8)]
+    poisoned_addresses = {t.data_ptr() for t in poisoned}
+    del poisoned
+    results = []
+    for linear in (_linear.so2_linear, so2_reference.so2_linear_blocks):
+        inputs = [t.clone().requires_grad_() for t in (x, w, radial)]
+        out = linear(inputs[0], inputs[1], inputs[2], lmax, mmax, channels)
+        results.append([out.detach(), *torch.autograd.grad(out, inputs, g)])
+    assert results[0][0].data_ptr() in poisoned_addresses  # the output was written into reused pages
+    for ours, expected in zip(*results, strict=True):
+        torch.testing.assert_close(ours, expected, rtol=1e-4, atol=1e-3)

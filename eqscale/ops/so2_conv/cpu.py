@@ -17,6 +17,11 @@ evaluates the trilinear form of :mod:`eqscale.ops.so2_conv` with slot ``open_slo
 multiply m-major edge features ``(E, K, C)`` by radial multipliers ``(E, K_half, C)`` (the row of
 ``(l, |m|)`` for both ``+m`` and ``-m``), and give both gradients in one pass (a ``(0,)`` tensor for
 one not asked for): the radial modulation of :mod:`eqscale.ops.so2_conv._linear`.
+
+    empty_pooled(Tensor like, int[] size) -> Tensor
+
+an uninitialised CPU tensor from the buffer pool of ``csrc/cpu/memory.h``, for the outputs of the
+SO(2) maps' GEMMs.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from eqscale import _extension
 OP_NAME = "so2_rotate_contract"
 RADIAL_OP_NAME = "so2_radial_scale"
 RADIAL_BACKWARD_OP_NAME = "so2_radial_scale_backward"
+EMPTY_OP_NAME = "empty_pooled"
 
 
 def load() -> bool:
