@@ -19,7 +19,7 @@
 //
 // The op empty_pooled (memory.cpp) hands the same buffers to Python for the intermediates that
 // PyTorch GEMMs write in the SO(2) maps (with a 1 GB pool that measured 8% slower, the pool then
-// overflowing; with the present default, 10-20% faster).
+// overflowing; with the present default, 5-20% faster).
 #pragma once
 
 #include <ATen/ATen.h>

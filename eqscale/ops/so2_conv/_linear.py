@@ -172,8 +172,9 @@ def _radial_backward(
 
 
 @functools.cache
-def _radial_kernels_built() -> bool:
-    return _cpu.load() and hasattr(torch.ops.eqscale, _cpu.RADIAL_OP_NAME)
+def _cpu_op_built(name: str) -> bool:
+    """Whether ``eqscale._C`` is built and registers ``torch.ops.eqscale.<name>``."""
+    return _cpu.load() and hasattr(torch.ops.eqscale, name)
 
 
 def _radial_kernels(edge_feats: torch.Tensor) -> bool:
@@ -181,7 +182,7 @@ def _radial_kernels(edge_feats: torch.Tensor) -> bool:
     return (
         edge_feats.device.type == "cpu"
         and edge_feats.dtype in (torch.float32, torch.float64)
-        and _radial_kernels_built()
+        and _cpu_op_built(_cpu.RADIAL_OP_NAME)
     )
 
 
@@ -282,17 +283,12 @@ def _empty(like: torch.Tensor, *size: int) -> torch.Tensor:
     """An uninitialised tensor like ``like``; on CPU from the C++ kernels' buffer pool.
 
     A fresh output of tens of MB faults its pages in inside the GEMM that first writes it, on
-    both threads at once; reused pages made a forward+backward 10-20% faster (2 cores, E =
+    both threads at once; reused pages made a forward+backward 5-20% faster (2 cores, E =
     30,000, L = 2-6).
     """
-    if like.device.type == "cpu" and _pool_built():
+    if like.device.type == "cpu" and _cpu_op_built(_cpu.EMPTY_OP_NAME):
         return getattr(torch.ops.eqscale, _cpu.EMPTY_OP_NAME)(like, list(size))
     return like.new_empty(size)
-
-
-@functools.cache
-def _pool_built() -> bool:
-    return _cpu.load() and hasattr(torch.ops.eqscale, _cpu.EMPTY_OP_NAME)
 
 
 def _differentiable_backward(ctx, edge_feats, weights, radial, grad_out):
