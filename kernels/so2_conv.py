@@ -201,7 +201,10 @@ _cached_tables = functools.cache(_build_tables)
 
 def tables(lmax: int, mmax: int, device: torch.device) -> tuple[torch.Tensor, ...]:
     """``(rows, positions, entries, degrees, degree_positions)`` int64 tables for the kernels."""
-    if torch.compiler.is_compiling():
+    # While tracing (dynamo, or the operator's fake pass under AOTAutograd) the tables are built
+    # inside the trace: a cached real tensor cannot be handed to a traced kernel, and a fake one
+    # left in the cache would break every later eager call.
+    if torch.compiler.is_compiling() or torch._guards.detect_fake_mode() is not None:
         return _build_tables(lmax, mmax, device)
     return _cached_tables(lmax, mmax, device)
 

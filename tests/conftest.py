@@ -60,13 +60,52 @@ def cpu_extension() -> None:
     require_backend("cpu")
 
 
+# For scripts that trace operators as torch.compile sees them on a GPU. torch reads a kernel's
+# TTIR to find which arguments it writes, which asks Triton's driver for the current target;
+# with no GPU here, a stand-in answers for an H100.
+_FAKE_GPU_PREAMBLE = """
+import torch
+import triton
+from functorch.compile import aot_function
+from torch._subclasses.fake_tensor import FakeTensorMode
+from triton.backends.compiler import GPUTarget
+
+class _Driver:
+    def get_current_target(self):
+        return GPUTarget("cuda", 90, 32)
+
+    def get_current_device(self):
+        return 0
+
+    def get_current_stream(self, device=None):
+        return 0
+
+triton.runtime.driver.set_active(_Driver())
+
+
+def trace_on_fake_gpu(function, make_inputs):
+    \"\"\"Prints the output shapes and AOTAutograd's forward graph of function on fake CUDA inputs.\"\"\"
+    graphs = []
+
+    def keep(graph_module, example_inputs):
+        graphs.append(graph_module.code)
+        return graph_module
+
+    with FakeTensorMode():
+        outputs = aot_function(function, fw_compiler=keep)(*make_inputs())
+    print([tuple(output.shape) for output in outputs])
+    print(graphs[0])
+"""
+
+
 @pytest.fixture
 def run_compiled(tmp_path):
     """Runs a Python script in a fresh interpreter without TRITON_INTERPRET and returns its stdout.
 
     For tests that compile Triton kernels for a real GPU target (a cubin) without a GPU; skipped
     where this Triton build has no NVIDIA backend. The Triton cache is fresh, so the kernels really
-    are compiled (and nothing lands in ~/.triton).
+    are compiled (and nothing lands in ~/.triton). With ``fake_gpu=True`` the script may call
+    ``trace_on_fake_gpu(function, make_inputs)``, which traces with fake CUDA tensors.
     """
     try:
         from triton.backends import backends as triton_backends  # noqa: PLC0415
@@ -77,9 +116,10 @@ def run_compiled(tmp_path):
     env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
     env["TRITON_CACHE_DIR"] = str(tmp_path / "triton-cache")
 
-    def run(script: str, timeout: float = 600) -> str:
+    def run(script: str, timeout: float = 600, *, fake_gpu: bool = False) -> str:
+        source = (_FAKE_GPU_PREAMBLE if fake_gpu else "") + textwrap.dedent(script)
         result = subprocess.run(
-            [sys.executable, "-c", textwrap.dedent(script)],
+            [sys.executable, "-c", source],
             cwd=_REPO,  # the working tree's eqscale when it is not installed
             env=env,
             capture_output=True,

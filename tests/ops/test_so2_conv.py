@@ -377,7 +377,7 @@ def test_backend_parity(backend, case):
     assert_backend_parity(lambda y, d: edge_rotate_out_scatter(y, d, edge_index, num_nodes), [y, wigner], backend)
 
 
-@pytest.mark.parametrize("backend", ["cpu"], indirect=True)
+@pytest.mark.parametrize("backend", ["cpu", "triton"], indirect=True)
 def test_torch_compile_forces(backend):
     _require_fused(backend)
     lmax, mmax, num_nodes = 2, 2, 4
@@ -408,8 +408,32 @@ def test_torch_compile_forces(backend):
     assert_close(grad, grad_eager, "double_grad")
 
 
-@pytest.mark.parametrize("backend", ["cpu"], indirect=True)
-def test_opcheck_cpu_op(backend):
+def test_triton_tables_are_built_inside_traces():
+    """The kernels' index tables are cached for eager calls, never shared with a trace."""
+    pytest.importorskip("triton")
+    from torch._subclasses.fake_tensor import FakeTensorMode, is_fake  # noqa: PLC0415
+
+    from eqscale._kernels import import_kernels  # noqa: PLC0415
+
+    tables = import_kernels("so2_conv").tables
+    cpu = torch.device("cpu")
+    with FakeTensorMode():
+        assert all(is_fake(t) for t in tables(3, 1, cpu))  # nothing fake is cached ...
+    eager = tables(3, 1, cpu)
+    assert not any(is_fake(t) for t in eager)
+    assert all(a is b for a, b in zip(eager, tables(3, 1, cpu), strict=True))  # ... real ones are
+    with FakeTensorMode():
+        assert all(is_fake(t) for t in tables(3, 1, cpu))  # and a trace gets its own
+
+
+def _rotate_op(backend: str):
+    """The rotations' operator (overload packet) of a fused backend."""
+    ops = torch.ops.eqscale
+    return ops.so2_rotate_contract_triton if backend == "triton" else ops.so2_rotate_contract
+
+
+@pytest.mark.parametrize("backend", ["cpu", "triton"], indirect=True)
+def test_opcheck_op(backend):
     _require_fused(backend)
     lmax, mmax, num_nodes, num_edges, channels = 2, 1, 3, 5, 2
     edge_index, edge_vec = _graph(num_nodes, num_edges, seed=11)
@@ -417,7 +441,7 @@ def test_opcheck_cpu_op(backend):
     x = torch.randn(num_nodes, (lmax + 1) ** 2, channels, dtype=F64, generator=generator).requires_grad_()
     y = torch.randn(num_edges, num_m_coefficients(lmax, mmax), channels, dtype=F64, generator=generator)
     wigner = wigner_d(edge_vec, lmax).requires_grad_()
-    op = torch.ops.eqscale.so2_rotate_contract.default
+    op = _rotate_op(backend).default
     index = edge_index[0].contiguous()
     torch.library.opcheck(op, (x, wigner, None, index, num_nodes, 2, lmax, mmax))
     torch.library.opcheck(op, (None, wigner, y.requires_grad_(), index, num_nodes, 0, lmax, mmax))
@@ -425,15 +449,15 @@ def test_opcheck_cpu_op(backend):
     torch.library.opcheck(op, (x, wigner[:0], None, index[:0], num_nodes, 2, lmax, mmax))
 
 
-@pytest.mark.parametrize("backend", ["cpu"], indirect=True)
+@pytest.mark.parametrize("backend", ["cpu", "triton"], indirect=True)
 def test_flop_counter_sees_the_rotations(backend):
     _require_fused(backend)
     lmax, mmax, channels = 3, 2, 4
     x, edge_vec, edge_index, w, radial = _problem(lmax, mmax, channels, channels, num_edges=5)
     with FlopCounterMode(display=False) as counter:
-        so2_conv(x, edge_vec, edge_index, 4, w, radial, lmax=lmax, mmax=mmax, backend="cpu")
+        so2_conv(x, edge_vec, edge_index, 4, w, radial, lmax=lmax, mmax=mmax, backend=backend)
     flops = counter.get_flop_counts()["Global"]
-    rotate = flops[torch.ops.eqscale.so2_rotate_contract]
+    rotate = flops[_rotate_op(backend)]
     from eqscale.ops.so2_conv._layout import rotate_flops  # noqa: PLC0415
 
     assert rotate == 2 * rotate_flops(5, lmax, mmax, channels)

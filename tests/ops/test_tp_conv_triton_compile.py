@@ -69,25 +69,6 @@ def test_kernel_compiles_to_cubin(run_compiled):
 
 _TRACE_SCRIPT = """
 import torch
-import triton
-from triton.backends.compiler import GPUTarget
-
-# torch reads the kernel's TTIR to find which arguments it writes, which asks Triton's driver
-# for the current target; with no GPU here, a stand-in answers for an H100.
-class _Driver:
-    def get_current_target(self):
-        return GPUTarget("cuda", 90, 32)
-
-    def get_current_device(self):
-        return 0
-
-    def get_current_stream(self, device=None):
-        return 0
-
-triton.runtime.driver.set_active(_Driver())
-
-from functorch.compile import aot_function
-from torch._subclasses.fake_tensor import FakeTensorMode
 
 import eqscale
 from eqscale.ops.tp_conv._tables import _host_tables
@@ -101,12 +82,6 @@ host = _host_tables(plan)
 N, E = 5, 9
 sizes = [N, plan.irreps_in1.dim, plan.irreps_in2.dim, plan.weight_numel, 0, plan.irreps_out.dim]
 shared_sizes = sizes[:4] + [1] + sizes[5:]
-graphs = []
-
-
-def keep(graph_module, example_inputs):
-    graphs.append(graph_module.code)
-    return graph_module
 
 
 def function(x, y, w, w_shared, g, edge_index, paths, cg_index, cg_value):
@@ -121,26 +96,22 @@ def function(x, y, w, w_shared, g, edge_index, paths, cg_index, cg_value):
     )
 
 
-with FakeTensorMode() as mode:
-    inputs = (
-        torch.empty(N, sizes[1], device="cuda"),
-        torch.empty(E, sizes[2], device="cuda"),
-        torch.empty(E, sizes[3], device="cuda"),
-        torch.empty(sizes[3], device="cuda"),
-        torch.empty(N, sizes[5], device="cuda"),
-        torch.empty(2, E, dtype=torch.int64, device="cuda"),
-        torch.empty(host.paths.shape, dtype=torch.int64, device="cuda"),
-        torch.empty(host.cg_index.shape, dtype=torch.int64, device="cuda"),
-        torch.empty(host.cg_value.shape, dtype=torch.float64, device="cuda"),
-    )
-    outputs = aot_function(function, fw_compiler=keep)(*inputs)
-print([tuple(output.shape) for output in outputs])
-print(graphs[0])
+trace_on_fake_gpu(function, lambda: (
+    torch.empty(N, sizes[1], device="cuda"),
+    torch.empty(E, sizes[2], device="cuda"),
+    torch.empty(E, sizes[3], device="cuda"),
+    torch.empty(sizes[3], device="cuda"),
+    torch.empty(N, sizes[5], device="cuda"),
+    torch.empty(2, E, dtype=torch.int64, device="cuda"),
+    torch.empty(host.paths.shape, dtype=torch.int64, device="cuda"),
+    torch.empty(host.cg_index.shape, dtype=torch.int64, device="cuda"),
+    torch.empty(host.cg_value.shape, dtype=torch.float64, device="cuda"),
+))
 """
 
 
 def test_triton_op_traces_into_graph(run_compiled):
-    stdout = run_compiled(_TRACE_SCRIPT)
+    stdout = run_compiled(_TRACE_SCRIPT, fake_gpu=True)
     assert "[(5, 17), (5, 17), (5, 8), (9, 5), (9, 16), (16,)]" in stdout, stdout
     # Each call decomposes into its kernel launch, which writes only the fresh output: no input
     # is cloned or mutated (that would mean torch failed to analyse the kernel).

@@ -104,35 +104,10 @@ def test_radius_graph_kernel_compiles_to_cubin(run_compiled):
 
 _TRACE_SCRIPT = """
 import torch
-import triton
-from triton.backends.compiler import GPUTarget
-
-# torch reads the kernels' TTIR to find which arguments they write, which asks Triton's driver
-# for the current target; with no GPU here, a stand-in answers for an H100.
-class _Driver:
-    def get_current_target(self):
-        return GPUTarget("cuda", 90, 32)
-
-    def get_current_device(self):
-        return 0
-
-    def get_current_stream(self, device=None):
-        return 0
-
-triton.runtime.driver.set_active(_Driver())
-
-from functorch.compile import aot_function
-from torch._subclasses.fake_tensor import FakeTensorMode
 
 import eqscale  # noqa: F401 - registers the operators
 
 ops = torch.ops.eqscale
-graphs = []
-
-
-def keep(graph_module, example_inputs):
-    graphs.append(graph_module.code)
-    return graph_module
 
 
 def function(vectors, coefficients, grad_sh, grad_grad):
@@ -143,21 +118,17 @@ def function(vectors, coefficients, grad_sh, grad_grad):
     )
 
 
-with FakeTensorMode():
-    inputs = (
-        torch.empty(10, 3, device="cuda"),
-        torch.empty(16, dtype=torch.float64, device="cuda"),
-        torch.empty(10, 16, device="cuda"),
-        torch.empty(10, 3, device="cuda"),
-    )
-    outputs = aot_function(function, fw_compiler=keep)(*inputs)
-print([tuple(output.shape) for output in outputs])
-print(graphs[0])
+trace_on_fake_gpu(function, lambda: (
+    torch.empty(10, 3, device="cuda"),
+    torch.empty(16, dtype=torch.float64, device="cuda"),
+    torch.empty(10, 16, device="cuda"),
+    torch.empty(10, 3, device="cuda"),
+))
 """
 
 
 def test_triton_ops_trace_into_graph(run_compiled):
-    stdout = run_compiled(_TRACE_SCRIPT)
+    stdout = run_compiled(_TRACE_SCRIPT, fake_gpu=True)
     assert "[(10, 16), (10, 3), (10, 16), (10, 3)]" in stdout, stdout
     # Each operator decomposes into its kernel launch (what lets inductor schedule it) ...
     assert stdout.count("triton_kernel_wrapper_functional(") == 3, stdout

@@ -26,8 +26,6 @@ any higher order follow from this one rule. The SO(2) maps in between are dense 
 # ruff: noqa: E741 - l is the physicists' name for the degree
 from __future__ import annotations
 
-import functools
-
 import torch
 from torch.utils.flop_counter import register_flop_formula
 
@@ -380,11 +378,10 @@ def _fused_rotate_in(backend, node_feats, wigner, edge_index, lmax, mmax, receiv
 
 
 def _contract(backend: str):
-    name = _cpu.OP_NAME if backend == "cpu" else _triton_op_name()
+    name = _cpu.OP_NAME if backend == "cpu" else _TRITON_OP_NAME
     return getattr(torch.ops.eqscale, name).default
 
 
-@functools.cache
 def _triton_op_name() -> str:
     try:
         from eqscale.ops.so2_conv import triton as _triton  # noqa: PLC0415 - optional dependency
@@ -445,8 +442,9 @@ def _register(op_name: str, *, with_fake: bool) -> None:
 
 # Looked up once at import: torch.compile cannot trace the extension import.
 _CPU_KERNELS = _cpu.load()
-_TRITON_KERNELS = backends.triton_available() and bool(_triton_op_name())
+_TRITON_OP_NAME = _triton_op_name() if backends.triton_available() else ""
+_TRITON_KERNELS = bool(_TRITON_OP_NAME)
 if _CPU_KERNELS:
     _register(_cpu.OP_NAME, with_fake=True)
 if _TRITON_KERNELS:
-    _register(_triton_op_name(), with_fake=False)
+    _register(_TRITON_OP_NAME, with_fake=False)

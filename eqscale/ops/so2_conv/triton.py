@@ -3,9 +3,10 @@
 ``torch.ops.eqscale.so2_rotate_contract_triton`` has the argument list of the C++
 ``eqscale::so2_rotate_contract`` (:mod:`eqscale.ops.so2_conv.cpu`) and evaluates the trilinear
 form of :mod:`eqscale.ops.so2_conv` with slot ``open_slot`` left open. The node slot is summed by
-segments of the edges sorted by ``index`` (no atomics: deterministic). ``triton_op`` lets
-``torch.compile`` see the kernels; the body only validates, allocates and launches, so it doubles
-as the fake implementation. Autograd and the FLOP formula are registered in
+segments of the edges sorted by ``index`` (no atomics: deterministic). The operator is a
+``triton_op`` (:func:`eqscale._kernels.kernel_operator`), so ``torch.compile`` sees the kernels on
+a GPU, and an opaque ``custom_op`` in Triton's interpreter; the body only validates, allocates and
+launches, so it doubles as the fake implementation. Autograd and the FLOP formula are registered in
 :mod:`eqscale.ops.so2_conv`.
 """
 
@@ -13,15 +14,22 @@ from __future__ import annotations
 
 import torch
 import triton
-from torch.library import triton_op, wrap_triton
+from torch.library import wrap_triton
 
 from eqscale import backends
-from eqscale._kernels import import_kernels
+from eqscale._kernels import import_kernels, kernel_operator, should_launch
 from eqscale.ops.so2_conv._layout import num_coefficients, num_m_coefficients, wigner_numel
 
 OP_NAME = "so2_rotate_contract_triton"
 
 _NAMES = ("node", "wigner", "edge")
+
+_kernels = import_kernels("so2_conv")
+# Bare module-level names: triton_op finds the kernels an operator launches by reading its source
+# for wrap_triton(<name>) and hashes them into AOTAutograd's cache key.
+_rotate_in_kernel = _kernels.rotate_in_kernel
+_rotate_out_kernel = _kernels.rotate_out_kernel
+_wigner_grad_kernel = _kernels.wigner_grad_kernel
 
 
 def _check(slots, index: torch.Tensor, num_nodes: int, open_slot: int, lmax: int, mmax: int) -> torch.Tensor:
@@ -49,7 +57,7 @@ def _check(slots, index: torch.Tensor, num_nodes: int, open_slot: int, lmax: int
     return reference
 
 
-@triton_op("eqscale::so2_rotate_contract_triton", mutates_args=())
+@kernel_operator("eqscale::so2_rotate_contract_triton")
 def so2_rotate_contract_triton(
     node: torch.Tensor | None,
     wigner: torch.Tensor | None,
@@ -76,7 +84,6 @@ def so2_rotate_contract_triton(
     Returns:
         The open slot's tensor.
     """
-    kernels = import_kernels("so2_conv")
     slots = [node, wigner, edge]
     reference = _check(slots, index, num_nodes, open_slot, lmax, mmax)
     channels = (node if node is not None else edge).shape[-1]
@@ -92,12 +99,14 @@ def so2_rotate_contract_triton(
         return out
     if num_edges == 0:
         return out.zero_()
-    rows, positions, entries, degrees, degree_positions = kernels.tables(lmax, mmax, reference.device)
-    block_d, block_c = kernels.block_d(lmax), kernels.block_c(channels)
+    if not should_launch(num_edges, node, wigner, edge, index):
+        return out
+    rows, positions, entries, degrees, degree_positions = _kernels.tables(lmax, mmax, reference.device)
+    block_d, block_c = _kernels.block_d(lmax), _kernels.block_c(channels)
     channel_blocks = triton.cdiv(channels, block_c)
     index = index.contiguous()
     if open_slot == 2:
-        wrap_triton(kernels.rotate_in_kernel)[(num_edges, channel_blocks)](
+        wrap_triton(_rotate_in_kernel)[(num_edges, channel_blocks)](
             node.contiguous(),
             wigner.contiguous(),
             out,
@@ -111,8 +120,8 @@ def so2_rotate_contract_triton(
             BLOCK_C=block_c,
         )
     elif open_slot == 0:
-        perm, starts = kernels.csr(index, num_nodes)
-        wrap_triton(kernels.rotate_out_kernel)[(num_nodes, coefficients, channel_blocks)](
+        perm, starts = _kernels.csr(index, num_nodes)
+        wrap_triton(_rotate_out_kernel)[(num_nodes, coefficients, channel_blocks)](
             edge.contiguous(),
             wigner.contiguous(),
             out,
@@ -128,7 +137,7 @@ def so2_rotate_contract_triton(
             BLOCK_C=block_c,
         )
     else:
-        wrap_triton(kernels.wigner_grad_kernel)[(num_edges, lmax + 1)](
+        wrap_triton(_wigner_grad_kernel)[(num_edges, lmax + 1)](
             node.contiguous(),
             edge.contiguous(),
             out,

@@ -10,8 +10,6 @@ formula makes ``FlopCounterMode`` count them.
 
 from __future__ import annotations
 
-import functools
-
 import torch
 from torch.utils.flop_counter import register_flop_formula
 
@@ -103,11 +101,10 @@ def _check_vectors(vectors: object) -> None:
 
 def _kernels(backend: str) -> tuple:
     ops = torch.ops.eqscale
-    names = _cpu.OP_NAMES if backend == "cpu" else _triton_op_names()
+    names = _cpu.OP_NAMES if backend == "cpu" else _TRITON_OP_NAMES
     return tuple(getattr(ops, name).default for name in names)
 
 
-@functools.cache
 def _triton_op_names() -> tuple[str, str, str]:
     from eqscale.ops.spherical_harmonics import triton as _triton  # noqa: PLC0415 - optional dependency
 
@@ -182,6 +179,8 @@ def _register(op_names: tuple[str, str, str], *, with_fake: bool) -> None:
 
 if _cpu.load():
     _register(_cpu.OP_NAMES, with_fake=True)
-if backends.triton_available():
-    # triton_op operators trace through their Python body, so they need no separate fake impl.
-    _register(_triton_op_names(), with_fake=False)
+# Resolved once at import: torch.compile would trace the import inside a cached lookup.
+_TRITON_OP_NAMES = _triton_op_names() if backends.triton_available() else ()
+if _TRITON_OP_NAMES:
+    # The Triton operators' Python bodies double as their fake impls (eqscale._kernels).
+    _register(_TRITON_OP_NAMES, with_fake=False)

@@ -29,14 +29,11 @@ is imported); that is how they are tested without a GPU. There the operators are
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
-from torch._subclasses.fake_tensor import is_fake
-from torch.library import triton_op, wrap_triton
+from torch.library import wrap_triton
 
 from eqscale import backends
-from eqscale._kernels import import_kernels
+from eqscale._kernels import import_kernels, kernel_operator, should_launch
 from eqscale.o3._spherical_harmonics import check_lmax, num_sh_components
 
 OP_NAMES = (
@@ -55,32 +52,6 @@ _kernels = import_kernels("spherical_harmonics")
 _fwd_kernel = _kernels.spherical_harmonics_fwd_kernel
 _bwd_kernel = _kernels.spherical_harmonics_bwd_kernel
 _bwd_bwd_kernel = _kernels.spherical_harmonics_bwd_bwd_kernel
-
-
-def _operator(name: str) -> Callable[[Callable[..., object]], object]:
-    """``triton_op`` for real GPUs; an opaque ``custom_op`` in Triton's interpreter."""
-    if not backends.triton_interpreted():
-        return triton_op(name, mutates_args=())
-
-    # Under TRITON_INTERPRET=1 wrap_triton hands back the bare interpreted kernel, so the graph
-    # torch.compile traces from a triton_op body would lack the kernel (silently wrong outputs).
-    # An opaque custom_op keeps torch.compile and opcheck correct on CPU; its body, which skips
-    # the launch on fake tensors, doubles as its fake impl as with triton_op.
-    def register(fn: Callable[..., object]) -> object:
-        op = torch.library.custom_op(name, mutates_args=())(fn)
-        op.register_fake(fn)
-        return op
-
-    return register
-
-
-def _should_launch(num_vectors: int, *tensors: torch.Tensor) -> bool:
-    """Whether to launch a kernel on these inputs (not when empty or when only tracing)."""
-    if num_vectors == 0:
-        return False
-    # Interpreted kernels are not wrapped (see _operator) and would run on the fake tensors that
-    # torch.compile, torch.export and opcheck trace with; allocating the outputs is all they need.
-    return not (backends.triton_interpreted() and any(is_fake(tensor) for tensor in tensors))
 
 
 def _check_vectors(vectors: object) -> int:
@@ -138,7 +109,7 @@ def _check_like_vectors(
         raise ValueError(f"{name} must be contiguous")
 
 
-@_operator("eqscale::spherical_harmonics_triton_fwd")
+@kernel_operator("eqscale::spherical_harmonics_triton_fwd")
 def spherical_harmonics_triton_fwd(
     vectors: torch.Tensor, coefficients: torch.Tensor, lmax: int
 ) -> torch.Tensor:
@@ -162,14 +133,14 @@ def spherical_harmonics_triton_fwd(
     num_vectors = _check_vectors(vectors)
     _check_coefficients(coefficients, lmax, vectors)
     sh = vectors.new_empty((num_vectors, num_sh_components(lmax)))
-    if _should_launch(num_vectors, vectors):
+    if should_launch(num_vectors, vectors):
         wrap_triton(_fwd_kernel)[_kernels.grid(num_vectors)](
             vectors, coefficients, sh, num_vectors, LMAX=lmax, BLOCK_N=_kernels.BLOCK_N
         )
     return sh
 
 
-@_operator("eqscale::spherical_harmonics_triton_bwd")
+@kernel_operator("eqscale::spherical_harmonics_triton_bwd")
 def spherical_harmonics_triton_bwd(
     vectors: torch.Tensor, grad_sh: torch.Tensor, coefficients: torch.Tensor, lmax: int
 ) -> torch.Tensor:
@@ -188,7 +159,7 @@ def spherical_harmonics_triton_bwd(
     _check_coefficients(coefficients, lmax, vectors)
     _check_like_vectors("grad_sh", grad_sh, (num_vectors, num_sh_components(lmax)), vectors)
     grad_vectors = torch.empty_like(vectors)
-    if _should_launch(num_vectors, vectors, grad_sh):
+    if should_launch(num_vectors, vectors, grad_sh):
         wrap_triton(_bwd_kernel)[_kernels.grid(num_vectors)](
             vectors,
             grad_sh,
@@ -201,7 +172,7 @@ def spherical_harmonics_triton_bwd(
     return grad_vectors
 
 
-@_operator("eqscale::spherical_harmonics_triton_bwd_bwd")
+@kernel_operator("eqscale::spherical_harmonics_triton_bwd_bwd")
 def spherical_harmonics_triton_bwd_bwd(
     vectors: torch.Tensor,
     grad_sh: torch.Tensor,
@@ -230,7 +201,7 @@ def spherical_harmonics_triton_bwd_bwd(
     _check_like_vectors("grad_grad_vectors", grad_grad_vectors, (num_vectors, 3), vectors)
     grad_grad_sh = torch.empty_like(grad_sh)
     grad_vectors = torch.empty_like(vectors)
-    if _should_launch(num_vectors, vectors, grad_sh, grad_grad_vectors):
+    if should_launch(num_vectors, vectors, grad_sh, grad_grad_vectors):
         wrap_triton(_bwd_bwd_kernel)[_kernels.grid(num_vectors)](
             vectors,
             grad_sh,

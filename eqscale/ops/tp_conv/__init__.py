@@ -18,8 +18,6 @@ backward (forces) and any higher order follow from this one rule, on every backe
 
 from __future__ import annotations
 
-import functools
-
 import torch
 from torch.utils.flop_counter import register_flop_formula
 
@@ -166,11 +164,10 @@ def _validate_weights(edge_weights, num_edges: int, plan: TensorProductPlan) -> 
 
 
 def _contract_op(backend: str):
-    name = _cpu.OP_NAME if backend == "cpu" else _triton_op_name()
+    name = _cpu.OP_NAME if backend == "cpu" else _TRITON_OP_NAME
     return getattr(torch.ops.eqscale, name).default
 
 
-@functools.cache
 def _triton_op_name() -> str:
     from eqscale.ops.tp_conv import triton as _triton  # noqa: PLC0415 - optional dependency
 
@@ -286,5 +283,7 @@ def _register_fused_backward(op_name: str, contract_name: str) -> None:
 if _cpu.load():
     _register_fused_backward(_cpu.BACKWARD_OP_NAME, _cpu.OP_NAME)
     _register(_cpu.OP_NAME, with_fake=True, backward_op_name=_cpu.BACKWARD_OP_NAME)
-if backends.triton_available():
-    _register(_triton_op_name(), with_fake=False)
+# Resolved once at import: torch.compile would trace the import inside a cached lookup.
+_TRITON_OP_NAME = _triton_op_name() if backends.triton_available() else ""
+if _TRITON_OP_NAME:
+    _register(_TRITON_OP_NAME, with_fake=False)

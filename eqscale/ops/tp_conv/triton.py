@@ -18,7 +18,8 @@ and one program per node sums its segment with no atomics. Per-edge results (slo
 written directly. Weights shared over edges (``sizes[4] == 1``) are summed over chunks of edges
 atomically, or, when deterministic, into one partial row per chunk reduced by ``torch.sum``.
 
-``triton_op`` (rather than ``custom_op``) lets ``torch.compile`` see the kernel; the body only
+The operator is a ``triton_op`` (:func:`eqscale._kernels.kernel_operator`), so ``torch.compile``
+sees the kernel on a GPU, and an opaque ``custom_op`` in Triton's interpreter; the body only
 validates, allocates and launches, so it doubles as the fake implementation. Autograd and the
 FLOP formula are registered in :mod:`eqscale.ops.tp_conv`.
 """
@@ -26,10 +27,10 @@ FLOP formula are registered in :mod:`eqscale.ops.tp_conv`.
 from __future__ import annotations
 
 import torch
-from torch.library import triton_op, wrap_triton
+from torch.library import wrap_triton
 
 from eqscale import backends
-from eqscale._kernels import import_kernels
+from eqscale._kernels import import_kernels, kernel_operator, should_launch
 
 OP_NAME = "tp_conv_contract_triton"
 
@@ -37,6 +38,11 @@ _SLOT_NAMES = ("node_feats", "edge_attrs", "edge_weights", "grad_out")
 _DTYPES = (torch.float32, torch.float64)
 _INDEX_DTYPES = (torch.int32, torch.int64)
 _NUM_PATH_FIELDS = 14
+
+_kernels = import_kernels("tp_conv")
+# A bare module-level name: triton_op finds the kernels an operator launches by reading its source
+# for wrap_triton(<name>) and hashes them into AOTAutograd's cache key.
+_contract_kernel = _kernels.tp_conv_contract_kernel
 
 
 def _check(slots: list[torch.Tensor | None], edge_index: torch.Tensor, num_nodes: int,
@@ -104,7 +110,7 @@ def _slot_shapes(sizes: list[int], num_edges: int, num_nodes: int) -> list[tuple
     ]
 
 
-@triton_op("eqscale::tp_conv_contract_triton", mutates_args=())
+@kernel_operator("eqscale::tp_conv_contract_triton")
 def tp_conv_contract_triton(
     node_feats: torch.Tensor | None,
     edge_attrs: torch.Tensor | None,
@@ -158,7 +164,6 @@ def tp_conv_contract_triton(
         ...     [3, 2, 1, 2, 0, 2], False, plan.flops(1)).shape
         torch.Size([3, 2])
     """
-    kernels = import_kernels("tp_conv")
     slots = [node_feats, edge_attrs, edge_weights, grad_out]
     reference = _check(slots, edge_index, num_nodes, open_slot, sizes, paths)
     sender_rows, dim_in1, dim_in2, weight_numel, shared, dim_out = sizes
@@ -167,26 +172,28 @@ def tp_conv_contract_triton(
     out = reference.new_zeros(_slot_shapes(sizes, num_edges, num_nodes)[open_slot])
     if num_edges == 0 or num_paths == 0 or out.numel() == 0:
         return out
+    if not should_launch(num_edges, *slots, edge_index):
+        return out
 
     edge_index = edge_index.contiguous()
     # The kernel never reads the open slot, nor weights of paths without weights: an input of
     # the same dtype stands in for them (not `out`, which would alias the kernel's output).
     x, y, w, g = (t.contiguous() if t is not None else reference for t in slots)
-    group = kernels.path_groups(paths, open_slot)
+    group = _kernels.path_groups(paths, open_slot)
     perm = segments = edge_index  # read only with SEGMENTS_CSR
     chunk, atomic, target = 1, False, out
     out_stride = out.shape[1] if out.dim() == 2 else 0
     if open_slot in (0, 3):
         if deterministic:
             rows = sender_rows if open_slot == 0 else num_nodes
-            perm, segments = kernels.csr(edge_index.select(0, 0 if open_slot == 0 else 1), rows)
-            segmenting = kernels.SEGMENTS_CSR
+            perm, segments = _kernels.csr(edge_index.select(0, 0 if open_slot == 0 else 1), rows)
+            segmenting = _kernels.SEGMENTS_CSR
         else:
-            rows, segmenting, atomic = num_edges, kernels.SEGMENTS_EDGE, True
+            rows, segmenting, atomic = num_edges, _kernels.SEGMENTS_EDGE, True
     elif open_slot == 2 and shared:
-        chunk = kernels.chunk_size(num_edges)
+        chunk = _kernels.chunk_size(num_edges)
         rows = (num_edges + chunk - 1) // chunk
-        segmenting = kernels.SEGMENTS_CHUNK
+        segmenting = _kernels.SEGMENTS_CHUNK
         if deterministic:
             # One partial sum per chunk, summed in a fixed order below.
             target = reference.new_zeros((rows, weight_numel))
@@ -194,10 +201,10 @@ def tp_conv_contract_triton(
         else:
             atomic = True  # out_stride 0: every chunk adds into the one weight vector
     else:
-        rows, segmenting = num_edges, kernels.SEGMENTS_EDGE
+        rows, segmenting = num_edges, _kernels.SEGMENTS_EDGE
 
-    block_c, block_d, block_n = kernels.block_sizes(sizes)
-    wrap_triton(kernels.tp_conv_contract_kernel)[kernels.grid(rows, num_paths)](
+    block_c, block_d, block_n = _kernels.block_sizes(sizes)
+    wrap_triton(_contract_kernel)[_kernels.grid(rows, num_paths)](
         x, y, w, g, target, edge_index, perm, segments, paths, cg_index, cg_value, group,
         num_edges, num_paths, dim_in1, dim_in2, dim_out, 0 if shared else weight_numel,
         out_stride, chunk,
