@@ -250,11 +250,7 @@ def test_cpu_backend_is_deterministic_across_thread_counts(cpu_extension):
 
 
 def test_compiled_model_trains_on_forces(fused_backend):
-    """A tiny potential: SH of edge vectors, radial weights, one convolution, energy, forces.
-
-    In Triton's interpreter the operators are opaque to torch.compile (eqscale._kernels), so the
-    graph around them goes through AOTAutograd without code generation (``aot_eager``).
-    """
+    """A tiny potential: SH of edge vectors, radial weights, one convolution, energy, forces."""
     irreps_in, irreps_sh, irreps_out, instructions = _uvu_case("4x0e", 2, 0)
     plan = plan_tensor_product(irreps_in, irreps_sh, irreps_out, instructions)
     torch.manual_seed(0)
@@ -277,8 +273,7 @@ def test_compiled_model_trains_on_forces(fused_backend):
     eager_loss, eager_grads = loss_and_grads(positions)
     # Forces inside the compiled region need dynamo to trace torch.autograd.grad (off by default).
     with torch._dynamo.config.patch(trace_autograd_ops=True):
-        compiler = "inductor" if fused_backend == "cpu" else "aot_eager"
-        compiled_loss, compiled_grads = torch.compile(loss_and_grads, fullgraph=True, backend=compiler)(positions)
+        compiled_loss, compiled_grads = torch.compile(loss_and_grads, fullgraph=True)(positions)
     assert eager_loss.item() > 0
     assert_close(compiled_loss.detach(), eager_loss.detach())
     for got, want in zip(compiled_grads, eager_grads, strict=True):
