@@ -22,6 +22,7 @@
 #include <memory>
 #include <mutex>
 #include <thread>
+#include <vector>
 
 namespace eqscale {
 
@@ -64,20 +65,27 @@ void run_tasks(int64_t n, const Task& task) {
 }
 
 // at::parallel_for's contract (f(begin, end) over sub-ranges of at least `grain` items, inline
-// when the range is small) on run_tasks. The range is cut into up to four pieces per thread, so
-// a thread that falls behind leaves its later pieces to the others.
+// when the range is small) on run_tasks. The pieces shrink towards the end of the range (guided
+// scheduling): each takes about a 2 * threads-th of what is left, so that the pieces still running
+// when the others run out of work are short. Four equal pieces per thread left one thread idle
+// for up to an eighth of the work at the end.
 template <class F>
 void parallel_for(int64_t begin, int64_t end, int64_t grain, const F& f) {
   const int64_t n = end - begin;
   if (n <= 0) return;
   const int64_t threads = at::in_parallel_region() ? 1 : at::get_num_threads();
-  const int64_t by_grain = (n + std::max<int64_t>(grain, 1) - 1) / std::max<int64_t>(grain, 1);
-  const int64_t pieces = threads <= 1 ? 1 : std::min<int64_t>(by_grain, 4 * threads);
-  if (pieces <= 1) {
+  grain = std::max<int64_t>(grain, 1);
+  if (threads <= 1 || n <= grain) {
     f(begin, end);
     return;
   }
-  run_tasks(pieces, [&](int64_t p) { f(begin + n * p / pieces, begin + n * (p + 1) / pieces); });
+  std::vector<int64_t> cuts{begin};
+  for (int64_t left = n; left > 0;) {
+    const int64_t size = std::min(left, std::max(grain, (left + 2 * threads - 1) / (2 * threads)));
+    cuts.push_back(cuts.back() + size);
+    left -= size;
+  }
+  run_tasks(static_cast<int64_t>(cuts.size()) - 1, [&](int64_t p) { f(cuts[p], cuts[p + 1]); });
 }
 
 }  // namespace eqscale
