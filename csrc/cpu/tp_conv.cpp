@@ -1406,10 +1406,11 @@ Inputs check_inputs(const c10::optional<at::Tensor>* given, const at::Tensor& ed
   const int64_t* senders = in.index.data_ptr<int64_t>();
   const int64_t* receivers = senders + num_edges;
   for (int64_t e = 0; e < num_edges; ++e) {
-    TORCH_CHECK(senders[e] >= 0 && senders[e] < sender_rows, kOp, ": edge_index[0, ", e, "] = ", senders[e],
-                " out of range [0, ", sender_rows, ") (sender_rows = sizes[0])");
-    TORCH_CHECK(receivers[e] >= 0 && receivers[e] < num_nodes, kOp, ": edge_index[1, ", e, "] = ", receivers[e],
-                " out of range [0, ", num_nodes, ") (num_nodes)");
+    // The only range check on the cpu backend's path (eqscale.ops.tp_conv leaves it to this pass).
+    TORCH_CHECK_VALUE(senders[e] >= 0 && senders[e] < sender_rows, kOp, ": edge_index out of range: edge_index[0, ", e,
+                      "] = ", senders[e], " is not in [0, ", sender_rows, ") (sender_rows = sizes[0])");
+    TORCH_CHECK_VALUE(receivers[e] >= 0 && receivers[e] < num_nodes, kOp, ": edge_index out of range: edge_index[1, ",
+                      e, "] = ", receivers[e], " is not in [0, ", num_nodes, ") (num_nodes)");
   }
   in.options = at::TensorOptions().dtype(dtype).device(at::kCPU);
   return in;
