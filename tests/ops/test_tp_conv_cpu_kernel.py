@@ -209,6 +209,7 @@ def _bad_calls():
         "non contiguous": (dict(node_feats=x.t().contiguous().t()), r"node_feats must be contiguous"),
         "edge_index dtype": (dict(edge_index=edge_index.float()), r"edge_index must be int64 \(or int32\)"),
         "edge_index shape": (dict(edge_index=edge_index[:1]), r"edge_index must have shape \(2, E\)"),
+        "open_slot": (dict(open_slot=4), r"open_slot must be 0"),
         "layout": (dict(layout=2), r"layout must be 0 \(mul_ir\) or 1 \(ir_mul\)"),
         "sizes length": (dict(sizes=sizes[:5]), r"sizes must be \[sender_rows"),
         "paths dtype": (dict(paths=tables.paths.int()), r"paths must be a contiguous CPU int64 tensor"),
