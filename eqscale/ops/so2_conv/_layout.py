@@ -26,6 +26,8 @@ import functools
 
 import torch
 
+from eqscale.ops._edge_index import check_edge_range
+
 
 def num_coefficients(lmax: int) -> int:
     """``(lmax + 1)^2`` components of the degrees ``0..lmax``."""
@@ -205,13 +207,5 @@ def check_edge_index(edge_index: object, num_edges: int, sender_rows: int, num_n
         raise ValueError(f"edge_index must have shape {expected}, got {tuple(edge_index.shape)}")
     if edge_index.dtype not in (torch.int64, torch.int32):
         raise TypeError(f"edge_index must be int64 (or int32), got {edge_index.dtype}")
-    if edge_index.shape[1] and not torch.compiler.is_compiling():
-        # Out-of-range indices would read or write outside the tensors inside a fused kernel.
-        low = int(edge_index.min())
-        senders_max, receivers_max = edge_index.max(dim=1).values.tolist()
-        if low < 0 or senders_max >= sender_rows or receivers_max >= num_nodes:
-            raise ValueError(
-                f"edge_index out of range: senders must be in [0, {sender_rows}) and receivers in [0, {num_nodes}), "
-                f"got senders up to {senders_max}, receivers up to {receivers_max} and minimum {low}"
-            )
+    check_edge_range(edge_index, sender_rows, num_nodes)
     return edge_index
