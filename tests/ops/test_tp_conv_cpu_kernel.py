@@ -338,6 +338,33 @@ def test_gradients_through_the_fused_backward(name):
                     second_order=True)
 
 
+def test_double_backward_fuses_the_gradients_of_each_cotangent():
+    # Each first-order gradient's cotangent reaches the two other inputs through one fused call
+    # (both open slots in one pass), not one contraction each; the values are checked above.
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from eqscale.ops import tp_conv
+
+    class CountCalls(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.names = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.names.append(func.name())
+            return func(*args, **(kwargs or {}))
+
+    plan = _plans("mul_ir")["uvu_fast_mul16"]
+    slots, edge_index = _problem(plan, sender_rows=6, num_nodes=6, num_edges=30, dtype=torch.float32, shared=False)
+    leaves = [t.clone().requires_grad_(True) for t in slots[:3]]
+    out = tp_conv(*leaves, edge_index, 6, plan=plan, backend="cpu")
+    grads = torch.autograd.grad(out, leaves, torch.ones_like(out), create_graph=True)
+    with CountCalls() as calls:
+        torch.autograd.grad(sum(g.sum() for g in grads), leaves)
+    assert calls.names.count("eqscale::tp_conv_backward") == 3
+    assert calls.names.count("eqscale::tp_conv_contract") == 0
+
+
 def test_fused_backward_counts_one_contraction_per_gradient():
     from eqscale.ops import tp_conv
 
