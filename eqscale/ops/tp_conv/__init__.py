@@ -279,7 +279,12 @@ def _register_fused_backward(op_name: str, contract_name: str) -> None:
             targets = [slot for slot in range(4) if slot != source and ctx.needs_input_grad[slot]]
             terms = _open_each(contract, fused, arguments, targets, edge_index, ctx.num_nodes, ctx.rest)
             for target in targets:
-                grads[target] = terms[target] if grads[target] is None else grads[target] + terms[target]
+                if grads[target] is None:
+                    grads[target] = terms[target]
+                elif torch.is_grad_enabled():  # a graph is being built through this backward
+                    grads[target] = grads[target] + terms[target]
+                else:  # both are fresh outputs of the kernels: no new E-sized allocation
+                    grads[target].add_(terms[target])
         return (*grads,) + (None,) * 10
 
     torch.library.register_autograd(qualified, backward, setup_context=setup_context)
