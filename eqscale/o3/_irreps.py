@@ -61,6 +61,10 @@ class Irrep(tuple):
         """Dimension ``2l + 1``."""
         return 2 * self.l + 1
 
+    def __getnewargs__(self) -> tuple[int, int]:
+        # pickle and copy.deepcopy rebuild a tuple subclass as cls(*these): (l, p), not the tuple.
+        return (self.l, self.p)
+
     def __repr__(self) -> str:
         return f"{self.l}{'e' if self.p == 1 else 'o'}"
 

@@ -633,3 +633,30 @@ def test_bad_reference_arguments():
         plan.flops(-1)
     with pytest.raises(ValueError, match=re.escape("instruction index 9 out of range")):
         plan.dense_cg(9)
+
+
+def test_plan_survives_pickle_and_deepcopy_in_another_process():
+    import copy
+    import os
+    import pickle
+    import subprocess
+    import sys
+
+    plan = plan_tensor_product("8x0e+8x1o+4x2e", "0e+1o+2e", "8x0e+8x1o+4x2e", mode="uvw")
+    assert hash(plan) == hash(plan_tensor_product("8x0e+8x1o+4x2e", "0e+1o+2e", "8x0e+8x1o+4x2e", mode="uvw"))
+    expected_flops = plan.flops(7)  # fills the cached per-edge count before copying
+    for copied in (pickle.loads(pickle.dumps(plan)), copy.deepcopy(plan)):
+        assert copied == plan and hash(copied) == hash(plan) and copied.flops(7) == expected_flops
+    # String hashes differ between processes: a hash cached in one must not travel to another.
+    script = (
+        "import pickle, sys\n"
+        "from eqscale.o3 import plan_tensor_product\n"
+        "loaded = pickle.loads(sys.stdin.buffer.read())\n"
+        "fresh = plan_tensor_product('8x0e+8x1o+4x2e', '0e+1o+2e', '8x0e+8x1o+4x2e', mode='uvw')\n"
+        "print(loaded == fresh and hash(loaded) == hash(fresh) and {fresh: 1}[loaded] == 1)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], input=pickle.dumps(plan), capture_output=True, check=True,
+        env={**os.environ, "PYTHONHASHSEED": "12345"},
+    )
+    assert result.stdout.strip() == b"True"
