@@ -38,6 +38,10 @@ TORCH_LIBRARY(eqscale, m) {
   // Its backward: the open slots 0, 1 and 2 at once given grad_out (bit mask wanted: 1 node_feats,
   // 2 edge_attrs, 4 edge_weights; the others come back as empty (0,) tensors).
   m.def("tp_conv_backward(Tensor node_feats, Tensor edge_attrs, Tensor? edge_weights, Tensor grad_out, Tensor edge_index, int num_nodes, int wanted, Tensor paths, Tensor cg_index, Tensor cg_value, int layout, int[] sizes, bool deterministic, int flops_per_edge) -> (Tensor, Tensor, Tensor)");
+  // The double backward: the gradients of <cot_node_feats, g_x> + <cot_edge_attrs, g_y> +
+  // <cot_edge_weights, g_w> with respect to node_feats, edge_attrs and edge_weights, where (g_x, g_y, g_w)
+  // is tp_conv_backward's output; one sweep over the edges for all three.
+  m.def("tp_conv_double_backward(Tensor node_feats, Tensor edge_attrs, Tensor edge_weights, Tensor grad_out, Tensor cot_node_feats, Tensor cot_edge_attrs, Tensor cot_edge_weights, Tensor edge_index, int num_nodes, Tensor paths, Tensor cg_index, Tensor cg_value, int layout, int[] sizes, bool deterministic, int flops_per_edge) -> (Tensor, Tensor, Tensor)");
 }
 
 // Importing eqscale._C is what runs the registrations above; the module itself exports nothing.

@@ -415,6 +415,115 @@ void backward_block(const S* yd, int64_t n, const S* x, const S* const* gs, int6
   }
 }
 
+// The double backward (double_backward_sweep) of one path for one edge and a chunk of U channel
+// vectors: the gradients of <hx, gx> + <hy, gy> + <hw, gw>, where gx, gy and gw are the first-order
+// gradients of <forward, G> and hx, hy, hw their cotangents. Each gradient gets two terms, one per
+// cotangent in the other two slots:
+//   gx_i += hw z_i + W zb_i,             z_i = sum_k y_ik G_k,  zb_i = sum_k yb_ik G_k,
+//   gW    = sum_j (Y_j Ra_j + hy_j Rx_j),  gY_j = <W, Ra_j> + <hw, Rx_j>,
+// with y / yb the cells of Y / hy (ye, yb), and Rx_j = sum_k Px_jk G_k, Ra_j = sum_k Pa_jk G_k from
+// the sender products of x and hx (px, pa). G_k, W and hw are loaded once for all six terms, which is
+// where this beats one backward_chunk pass per cotangent (each of which loaded them again).
+template <int DO>
+constexpr int64_t double_backward_unroll() {
+  // Vector registers per channel vector: G_k (DO), W, hw, the gW accumulator, and z, zb, Rx, Ra.
+  return 4 * (DO + 7) <= 32 ? 4 : (2 * (DO + 7) <= 32 ? 2 : 1);
+}
+
+template <class S, int D1, int DO, int64_t U>
+EQSCALE_TP_INLINE void double_backward_chunk(const S* __restrict ye, const S* __restrict yb, const S* __restrict g,
+                                             const S* __restrict w, const S* __restrict hw, S* __restrict gx,
+                                             S* __restrict gw, const S* __restrict px, const S* __restrict pa,
+                                             const S* __restrict yj, const S* __restrict bj, int64_t d2,
+                                             S* __restrict gy, int64_t mul, int64_t c) {
+  using T = Simd<S>;
+  using V = typename T::V;
+  constexpr int64_t L = T::lanes;
+  V wv[U], hv[U], gk[DO][U], gw_acc[U];
+  EQSCALE_TP_UNROLL for (int64_t u = 0; u < U; ++u) {
+    wv[u] = T::load(w + c + u * L);
+    hv[u] = T::load(hw + c + u * L);
+    gw_acc[u] = T::splat(S(0));
+  }
+  EQSCALE_TP_UNROLL for (int k = 0; k < DO; ++k) {
+    EQSCALE_TP_UNROLL for (int64_t u = 0; u < U; ++u) gk[k][u] = T::load(g + k * mul + c + u * L);
+  }
+  EQSCALE_TP_UNROLL for (int i = 0; i < D1; ++i) {
+    V z[U], zb[U];
+    EQSCALE_TP_UNROLL for (int k = 0; k < DO; ++k) {
+      const V yik = T::splat(ye[(i * DO + k) * kBlock]);
+      const V bik = T::splat(yb[(i * DO + k) * kBlock]);
+      EQSCALE_TP_UNROLL for (int64_t u = 0; u < U; ++u) {
+        z[u] = k == 0 ? yik * gk[k][u] : z[u] + yik * gk[k][u];
+        zb[u] = k == 0 ? bik * gk[k][u] : zb[u] + bik * gk[k][u];
+      }
+    }
+    EQSCALE_TP_UNROLL for (int64_t u = 0; u < U; ++u) {
+      S* gxi = gx + i * mul + c + u * L;
+      T::store(gxi, T::load(gxi) + hv[u] * z[u] + wv[u] * zb[u]);
+    }
+  }
+  for (int64_t j = 0; j < d2; ++j) {
+    const S* pxj = px + j * DO * mul + c;
+    const S* paj = pa + j * DO * mul + c;
+    V rx[U], ra[U];
+    EQSCALE_TP_UNROLL for (int k = 0; k < DO; ++k) {
+      EQSCALE_TP_UNROLL for (int64_t u = 0; u < U; ++u) {
+        const V x_jk = T::load(pxj + k * mul + u * L);
+        const V a_jk = T::load(paj + k * mul + u * L);
+        rx[u] = k == 0 ? x_jk * gk[k][u] : rx[u] + x_jk * gk[k][u];
+        ra[u] = k == 0 ? a_jk * gk[k][u] : ra[u] + a_jk * gk[k][u];
+      }
+    }
+    const V y = T::splat(yj[j * kBlock]);
+    const V b = T::splat(bj[j * kBlock]);
+    V part = wv[0] * ra[0] + hv[0] * rx[0];
+    gw_acc[0] += y * ra[0] + b * rx[0];
+    EQSCALE_TP_UNROLL for (int64_t u = 1; u < U; ++u) {
+      part += wv[u] * ra[u] + hv[u] * rx[u];
+      gw_acc[u] += y * ra[u] + b * rx[u];
+    }
+    T::store(gy + j * L, T::load(gy + j * L) + part);
+  }
+  if (gw != nullptr) {
+    EQSCALE_TP_UNROLL for (int64_t u = 0; u < U; ++u) T::store(gw + c + u * L, gw_acc[u]);
+  }
+}
+
+// double_backward_chunk over all channels of the n edges of a block from one sender; the arguments
+// as in backward_block, with the cotangents' cells (ybd), weight rows (hws), sender products (pa)
+// and transposed edge rows (bt) next to those of the primal inputs.
+template <class S, int D1, int DO>
+void double_backward_block(const S* yd, const S* ybd, int64_t n, const S* const* gs, int64_t goff,
+                           const S* const* ws, const S* const* hws, int64_t woff, S* gx, S* const* gws,
+                           int64_t gwoff, const S* px, const S* pa, const S* yt, const S* bt, int64_t d2, S* gy,
+                           int64_t gy_stride, int64_t mul) {
+  constexpr int64_t L = Simd<S>::lanes;
+  constexpr int64_t U = double_backward_unroll<DO>();
+  for (int64_t e = 0; e < n; ++e) {
+    const S* g = gs[e] + goff;
+    const S* w = ws[e] + woff;
+    const S* hw = hws[e] + woff;
+    S* gw = gws[e] == nullptr ? nullptr : gws[e] + gwoff;
+    S* gye = gy + e * gy_stride * L;
+    if (e + 2 < n) {  // as in backward_block
+      const char* next = reinterpret_cast<const char*>(gs[e + 2] + goff);
+      for (int64_t b = 0; b < DO * mul * static_cast<int64_t>(sizeof(S)); b += 64) prefetch_line<false>(next + b);
+    }
+    int64_t c = 0;
+    if constexpr (U >= 4) {
+      for (; c + 4 * L <= mul; c += 4 * L)
+        double_backward_chunk<S, D1, DO, 4>(yd + e, ybd + e, g, w, hw, gx, gw, px, pa, yt + e, bt + e, d2, gye, mul, c);
+    }
+    if constexpr (U >= 2) {
+      for (; c + 2 * L <= mul; c += 2 * L)
+        double_backward_chunk<S, D1, DO, 2>(yd + e, ybd + e, g, w, hw, gx, gw, px, pa, yt + e, bt + e, d2, gye, mul, c);
+    }
+    for (; c < mul; c += L)
+      double_backward_chunk<S, D1, DO, 1>(yd + e, ybd + e, g, w, hw, gx, gw, px, pa, yt + e, bt + e, d2, gye, mul, c);
+  }
+}
+
 template <class S>
 using NodeFn = void (*)(const S*, int64_t, const S* const*, int64_t, const S* const*, int64_t, bool, S*, int64_t,
                         bool);
@@ -425,6 +534,10 @@ using AttrFn = void (*)(const S*, const S*, const S*, S*, int64_t);
 template <class S>
 using BackwardFn = void (*)(const S*, int64_t, const S*, const S* const*, int64_t, const S* const*, int64_t, S*,
                             S* const*, int64_t, const S*, const S*, int64_t, S*, int64_t, int64_t);
+template <class S>
+using DoubleBackwardFn = void (*)(const S*, const S*, int64_t, const S* const*, int64_t, const S* const*,
+                                  const S* const*, int64_t, S*, S* const*, int64_t, const S*, const S*, const S*,
+                                  const S*, int64_t, S*, int64_t, int64_t);
 // The two variants of backward_block under names that fit EQSCALE_TP_TABLE.
 template <class S, int DA, int DB>
 void backward_kernel_with_attrs(const S* yd, int64_t n, const S* x, const S* const* gs, int64_t goff,
@@ -468,6 +581,9 @@ BackwardFn<S> backward_fn(int64_t da, int64_t db, bool with_attrs) {
   }
   EQSCALE_TP_TABLE(backward_kernel_without_attrs)
 }
+
+template <class S>
+DoubleBackwardFn<S> double_backward_fn(int64_t da, int64_t db) { EQSCALE_TP_TABLE(double_backward_block) }
 
 template <class S>
 constexpr int64_t simd_lanes() { return Simd<S>::lanes; }
@@ -704,23 +820,23 @@ void canonicalize(const S* raw, int64_t rows, int64_t dim, const std::vector<Blo
 // Block helpers of the fast paths
 // ---------------------------------------------------------------------------------------------
 
-// Yt[j][e] = Y_e[j] for the n edges of a block: the edge attributes transposed so that the per-edge
-// CG scalars below are SIMD across edges.
+// Yt[j][e] = Y_e[j] for the n edges of a block: the edge attributes (E, dim2), rows row_stride apart,
+// transposed so that the per-edge CG scalars below are SIMD across edges.
 template <class S>
-void gather_attrs(const Problem<S>& pr, const int64_t* edges, int64_t n, S* yt) {
+void gather_attrs(const S* attrs, int64_t row_stride, int64_t dim2, const int64_t* edges, int64_t n, S* yt) {
   for (int64_t e = 0; e < n; ++e) {
-    const S* row = pr.y + edges[e] * pr.dim2;
-    for (int64_t j = 0; j < pr.dim2; ++j) yt[j * kBlock + e] = row[j];
+    const S* row = attrs + edges[e] * row_stride;
+    for (int64_t j = 0; j < dim2; ++j) yt[j * kBlock + e] = row[j];
   }
 }
 
 // Requests the edge-attribute rows of the next block: read in edge-sorted order they are scattered
 // and each is a cache miss that gather_attrs would wait on (12% of the forward's driver time).
 template <class S>
-void prefetch_attrs(const Problem<S>& pr, const int64_t* edges, int64_t n) {
-  const int64_t bytes = pr.dim2 * static_cast<int64_t>(sizeof(S));
+void prefetch_attrs(const S* attrs, int64_t dim2, const int64_t* edges, int64_t n) {
+  const int64_t bytes = dim2 * static_cast<int64_t>(sizeof(S));
   for (int64_t e = 0; e < n; ++e) {
-    const char* row = reinterpret_cast<const char*>(pr.y + edges[e] * pr.dim2);
+    const char* row = reinterpret_cast<const char*>(attrs + edges[e] * dim2);
     for (int64_t b = 0; b < bytes; b += 64) prefetch_line<false>(row + b);
   }
 }
@@ -857,8 +973,8 @@ void node_slot(const Problem<S>& pr, int64_t slot, const std::vector<Block>* mul
           const int64_t next_n = std::min(kBlock, pr.num_edges - (pos + n));
           for (int64_t e = 0; e < next_n; ++e) next_wts[e] = pr.shared ? nullptr : pr.weights_of(order[pos + n + e]);
           if (any_fast) {
-            gather_attrs(pr, edges, n, yt.data());
-            prefetch_attrs(pr, order.data() + pos + n, next_n);
+            gather_attrs(pr.y, pr.dim2, pr.dim2, edges, n, yt.data());
+            prefetch_attrs(pr.y, pr.dim2, order.data() + pos + n, next_n);
           }
           for (size_t t = 0; t < pr.paths.size(); ++t) {
             const Path& p = pr.paths[t];
@@ -948,7 +1064,7 @@ void edge_slot(const Problem<S>& pr, int64_t slot, S* out) {
           if (!shared)
             for (const auto& range : zero_ranges) std::fill(outs[e] + range.first, outs[e] + range.second, S(0));
         }
-        if (any_fast && slot == kEdgeWeights) gather_attrs(pr, edges, n, yt.data());
+        if (any_fast && slot == kEdgeWeights) gather_attrs(pr.y, pr.dim2, pr.dim2, edges, n, yt.data());
         for (size_t t = 0; t < pr.paths.size(); ++t) {
           const Path& p = pr.paths[t];
           if (t == 0 || p.off1 != pr.paths[t - 1].off1) prefetch_slices<false>(next_xs, next_n, p.off1, p.d1 * p.mul1);
@@ -1004,13 +1120,16 @@ void edge_slot(const Problem<S>& pr, int64_t slot, S* out) {
 // Validation and set-up
 // ---------------------------------------------------------------------------------------------
 
+// expanded_rows: also accept one row expanded along dim 0 (stride 0, unit stride along dim 1).
 void check_float(const char* name, const at::Tensor& t, at::ScalarType dtype, at::IntArrayRef shape,
-                 const char* shape_text) {
+                 const char* shape_text, bool expanded_rows = false) {
   TORCH_CHECK(t.device().is_cpu(), kOp, ": ", name, " must be a CPU tensor, got device ", t.device());
   TORCH_CHECK(t.scalar_type() == dtype, kOp, ": ", name, " must have dtype ", dtype, " (that of the other inputs), got ",
               t.scalar_type());
   TORCH_CHECK(t.sizes() == shape, kOp, ": ", name, " must have shape ", shape_text, " = ", shape, ", got ", t.sizes());
-  TORCH_CHECK(t.is_contiguous(), kOp, ": ", name, " must be contiguous");
+  const bool expanded = expanded_rows && t.dim() == 2 && t.stride(0) == 0 && t.stride(1) == 1;
+  TORCH_CHECK(t.is_contiguous() || expanded, kOp, ": ", name, " must be contiguous",
+              expanded_rows ? " (or one row expanded along dim 0)" : "");
 }
 
 std::vector<Path> read_paths(const at::Tensor& paths, const at::Tensor& cg_index, int64_t dim1, int64_t dim2,
@@ -1222,6 +1341,18 @@ void sender_products(const Problem<S>& pr, int64_t path, const S* x, S* products
   }
 }
 
+// The cotangents of the first-order gradients in the double backward: hx (canonical sender rows, like
+// x), hy (E, dim2) and hw (E, weight_numel). The per-edge ones may repeat one row (stride 0): the
+// backward of a sum expands a single row, and materialising it would write an E x weight_numel
+// tensor only to read it back.
+template <class S>
+struct Cotangents {
+  const S* hx;
+  const S* hy;
+  const S* hw;
+  int64_t hy_stride, hw_stride;
+};
+
 // The gradients of <forward, G> with respect to the node features (gx, canonical rows written in the
 // caller's layout), the edge attributes (gy) and the weights (gw), each computed when not null. Edges
 // are grouped by sender: each sender's gradient row is summed over its edges in edge order in
@@ -1229,8 +1360,13 @@ void sender_products(const Problem<S>& pr, int64_t path, const S* x, S* products
 // result is deterministic whatever the threads do. Per edge and path, z_i = sum_k y_ik G_k serves both
 // the node-feature and the weight gradient (backward_chunk), which is where this beats three separate
 // passes; it also reads G, W and the edge attributes once instead of two or three times.
+//
+// With cotangents h (not null), the same sweep gives the double backward instead: the gradients of
+// <hx, gx> + <hy, gy> + <hw, gw> (double_backward_chunk), all three of them, in one pass instead of
+// one per cotangent.
 template <class S>
-void backward_fused(const Problem<S>& pr, const std::vector<Block>* mul_ir_blocks, S* gx, S* gy, S* gw) {
+void backward_fused(const Problem<S>& pr, const Cotangents<S>* h, const std::vector<Block>* mul_ir_blocks, S* gx,
+                    S* gy, S* gw) {
   using T = Simd<S>;
   std::vector<int64_t> offsets, order;
   group_edges(pr.senders, pr.num_edges, pr.sender_rows, offsets, order);
@@ -1243,13 +1379,16 @@ void backward_fused(const Problem<S>& pr, const std::vector<Block>* mul_ir_block
     products_max = std::max(products_max, p.d2 * p.dout * p.mul1);
     mul_max = std::max(mul_max, p.mul1);
   }
-  // Paths without weights read a row of ones instead (the same kernels, W = 1).
-  const std::vector<S> ones(mul_max, S(1));
-  const bool want_attrs = gy != nullptr;
+  // Paths without weights read a row of ones instead (the same kernels, W = 1), and a row of zeros
+  // for the cotangent of their (nonexistent) weight gradient.
+  const std::vector<S> ones(mul_max, S(1)), zeros(mul_max, S(0));
+  const bool twice = h != nullptr;
+  const bool want_attrs = gy != nullptr || twice;
 
   parallel_for(0, static_cast<int64_t>(bounds.size()) - 1, 1, [&](int64_t task_begin, int64_t task_end) {
-    std::vector<S> row(pr.dim1), yt(pr.dim2 * kBlock), yd(cells_max * kBlock),
-        products(want_attrs ? products_max : 0), attrs(want_attrs ? kBlock * pr.dim2 * T::lanes : 0);
+    std::vector<S> row(pr.dim1), yt(pr.dim2 * kBlock), yd(cells_max * kBlock), bt(twice ? pr.dim2 * kBlock : 0),
+        ybd(twice ? cells_max * kBlock : 0), products(want_attrs ? products_max : 0),
+        cotangent_products(twice ? products_max : 0), attrs(want_attrs ? kBlock * pr.dim2 * T::lanes : 0);
     // The block's weight-gradient rows are formed here (in L2) and then streamed out row by row:
     // written in place, path slice by path slice into rows scattered over memory, they cost about
     // as much as all the arithmetic of the backward.
@@ -1259,13 +1398,18 @@ void backward_fused(const Problem<S>& pr, const std::vector<Block>* mul_ir_block
     while (gw != nullptr && !T::aligned(gw_block)) ++gw_block;
     const S* gs[kBlock];
     const S* ws[kBlock];
+    const S* hws[kBlock];
     const S* ones_rows[kBlock];
+    const S* zeros_rows[kBlock];
     S* gws[kBlock];
     S* no_rows[kBlock];
     const S* next_ws[kBlock];
+    const S* next_hws[kBlock];
     for (int64_t e = 0; e < kBlock; ++e) {
       ones_rows[e] = ones.data();
+      zeros_rows[e] = zeros.data();
       no_rows[e] = nullptr;
+      next_hws[e] = nullptr;
       gws[e] = gw == nullptr ? nullptr : gw_block + e * gw_stride;
       if (gws[e] != nullptr)
         for (const auto& range : gw_zero) std::fill(gws[e] + range.first, gws[e] + range.second, S(0));
@@ -1274,20 +1418,27 @@ void backward_fused(const Problem<S>& pr, const std::vector<Block>* mul_ir_block
       for (int64_t s = bounds[task]; s < bounds[task + 1]; ++s) {
         std::fill(row.begin(), row.end(), S(0));
         const S* x = pr.x + s * pr.dim1;
+        const S* hx = twice ? h->hx + s * pr.dim1 : nullptr;
         for (int64_t pos = offsets[s]; pos < offsets[s + 1]; pos += kBlock) {
           const int64_t n = std::min(kBlock, offsets[s + 1] - pos);
           const int64_t* edges = order.data() + pos;
           for (int64_t e = 0; e < n; ++e) {
             gs[e] = pr.g + pr.receivers[edges[e]] * pr.dimo;
             ws[e] = pr.w == nullptr ? ones.data() : pr.w + edges[e] * pr.weight_numel;
+            if (twice) hws[e] = h->hw + edges[e] * h->hw_stride;
           }
           // The next block's weight rows, requested path slice by path slice while this block
           // computes (see node_slot).
           const int64_t next_n = std::min(kBlock, pr.num_edges - (pos + n));
-          for (int64_t e = 0; e < next_n; ++e)
+          for (int64_t e = 0; e < next_n; ++e) {
             next_ws[e] = pr.w == nullptr ? nullptr : pr.w + order[pos + n + e] * pr.weight_numel;
-          gather_attrs(pr, edges, n, yt.data());
-          prefetch_attrs(pr, order.data() + pos + n, next_n);
+            if (twice && h->hw_stride != 0) next_hws[e] = h->hw + order[pos + n + e] * h->hw_stride;
+          }
+          gather_attrs(pr.y, pr.dim2, pr.dim2, edges, n, yt.data());
+          prefetch_attrs(pr.y, pr.dim2, order.data() + pos + n, next_n);
+          if (twice) {
+            gather_attrs(h->hy, h->hy_stride, pr.dim2, edges, n, bt.data());
+          }
           if (want_attrs) std::fill(attrs.begin(), attrs.begin() + n * pr.dim2 * T::lanes, S(0));
           for (size_t t = 0; t < pr.paths.size(); ++t) {
             const Path& p = pr.paths[t];
@@ -1295,14 +1446,28 @@ void backward_fused(const Problem<S>& pr, const std::vector<Block>* mul_ir_block
             prefetch_slices<false>(next_ws, next_n, p.woff, numel);
             form_cells(pr, t, yt.data(), yd.data());
             if (want_attrs) sender_products(pr, t, x, products.data());
+            const S* const* path_ws = p.has_weight ? ws : ones_rows;
+            const int64_t path_woff = p.has_weight ? p.woff : 0;
+            S* const* path_gws = p.has_weight ? gws : no_rows;
+            if (twice) {
+              prefetch_slices<false>(next_hws, next_n, p.woff, numel);
+              form_cells(pr, t, bt.data(), ybd.data());
+              sender_products(pr, t, hx, cotangent_products.data());
+              double_backward_fn<S>(p.d1, p.dout)(
+                  yd.data(), ybd.data(), n, gs, p.offo, path_ws, p.has_weight ? hws : zeros_rows, path_woff,
+                  row.data() + p.off1, path_gws, p.woff, products.data(), cotangent_products.data(),
+                  yt.data() + p.off2 * kBlock, bt.data() + p.off2 * kBlock, p.d2, attrs.data() + p.off2 * T::lanes,
+                  pr.dim2, p.mul1);
+              continue;
+            }
             backward_fn<S>(p.d1, p.dout, want_attrs)(
-                yd.data(), n, x + p.off1, gs, p.offo, p.has_weight ? ws : ones_rows, p.has_weight ? p.woff : 0,
-                row.data() + p.off1, p.has_weight ? gws : no_rows, p.woff, products.data(),
-                yt.data() + p.off2 * kBlock, p.d2, attrs.data() + p.off2 * T::lanes, pr.dim2, p.mul1);
+                yd.data(), n, x + p.off1, gs, p.offo, path_ws, path_woff, row.data() + p.off1, path_gws, p.woff,
+                products.data(), yt.data() + p.off2 * kBlock, p.d2, attrs.data() + p.off2 * T::lanes, pr.dim2,
+                p.mul1);
           }
           if (gw != nullptr)
             for (int64_t e = 0; e < n; ++e) stream_row(gws[e], pr.weight_numel, gw + edges[e] * pr.weight_numel);
-          if (want_attrs) {
+          if (gy != nullptr) {
             for (int64_t e = 0; e < n; ++e) {
               S* out = gy + edges[e] * pr.dim2;
               for (int64_t j = 0; j < pr.dim2; ++j) out[j] = T::sum(T::load(attrs.data() + (e * pr.dim2 + j) * T::lanes));
@@ -1418,6 +1583,18 @@ Inputs check_inputs(const c10::optional<at::Tensor>* given, const at::Tensor& ed
   return in;
 }
 
+#ifdef EQSCALE_TP_SIMD
+// The cells that backward_fused reads: (i, k) cells of the edge rows, (j, k) cells of the senders.
+template <class S>
+void build_backward_cells(Problem<S>& pr) {
+  build_cells(pr, kOutput);
+  pr.sender_cells.assign(pr.paths.size(), {});
+  pr.sender_cell_entries.assign(pr.paths.size(), {});
+  for (size_t t = 0; t < pr.paths.size(); ++t)
+    group_cells(pr.entries, pr.paths[t], Cells::kJK, pr.sender_cells[t], pr.sender_cell_entries[t]);
+}
+#endif
+
 // Slots 0, 1, 2 (bits 1, 2, 4 of wanted) of <forward, G>: fused where backward_fused applies and
 // more than one is wanted, else one contract per slot. Unwanted gradients are empty (0,) tensors.
 template <class S>
@@ -1430,16 +1607,13 @@ std::array<at::Tensor, 3> backward(const Inputs& in, int64_t num_nodes, int64_t 
   const int count = (wanted & 1) + ((wanted >> 1) & 1) + ((wanted >> 2) & 1);
 #ifdef EQSCALE_TP_SIMD
   if (count > 1 && fused_backward_applies(pr)) {
-    build_cells(pr, kOutput);
-    pr.sender_cells.assign(pr.paths.size(), {});
-    pr.sender_cell_entries.assign(pr.paths.size(), {});
-    for (size_t t = 0; t < pr.paths.size(); ++t)
-      group_cells(pr.entries, pr.paths[t], Cells::kJK, pr.sender_cells[t], pr.sender_cell_entries[t]);
+    build_backward_cells(pr);
     if (wanted & 1) grads[0] = at::empty({pr.sender_rows, pr.dim1}, in.options);
     if (wanted & 2) grads[1] = empty_huge({pr.num_edges, pr.dim2}, in.options);
     if (wanted & 4) grads[2] = empty_huge({pr.num_edges, pr.weight_numel}, in.options);
     auto data = [](at::Tensor& t) { return t.defined() ? t.data_ptr<S>() : nullptr; };
-    backward_fused<S>(pr, layout == 0 ? &su.blocks1 : nullptr, data(grads[0]), data(grads[1]), data(grads[2]));
+    backward_fused<S>(pr, nullptr, layout == 0 ? &su.blocks1 : nullptr, data(grads[0]), data(grads[1]),
+                      data(grads[2]));
   } else
 #endif
   {
@@ -1454,6 +1628,54 @@ std::array<at::Tensor, 3> backward(const Inputs& in, int64_t num_nodes, int64_t 
   }
   for (auto& grad : grads)
     if (!grad.defined()) grad = at::empty({0}, in.options);
+  return grads;
+}
+
+// The gradients of <hx, gx> + <hy, gy> + <hw, gw> with respect to slots 0, 1, 2, where (gx, gy, gw) is
+// the backward of <forward, G>: one backward_fused sweep where it applies to per-edge weights, else
+// one backward per cotangent (each cotangent in its slot reaches the other two) and their sums.
+template <class S>
+std::array<at::Tensor, 3> double_backward(const Inputs& in, const at::Tensor cotangents[3], int64_t num_nodes,
+                                          const at::Tensor& cg_index, const at::Tensor& cg_value, int64_t layout) {
+#ifdef EQSCALE_TP_SIMD
+  {
+    Setup<S> su;
+    set_up(su, in.slots, in.index, num_nodes, in.paths, cg_index, cg_value, layout, in.sizes, in.options);
+    Problem<S>& pr = su.pr;
+    if (fused_backward_applies(pr) && pr.w != nullptr) {
+      build_backward_cells(pr);
+      at::Tensor hx_canon;
+      if (layout == 0) {
+        hx_canon = at::empty({pr.sender_rows, pr.dim1}, in.options);
+        canonicalize<S>(cotangents[0].data_ptr<S>(), pr.sender_rows, pr.dim1, su.blocks1, hx_canon.data_ptr<S>());
+      }
+      const Cotangents<S> h{layout == 0 ? hx_canon.data_ptr<S>() : cotangents[0].data_ptr<S>(),
+                            cotangents[1].data_ptr<S>(), cotangents[2].data_ptr<S>(), cotangents[1].stride(0),
+                            cotangents[2].stride(0)};
+      std::array<at::Tensor, 3> grads{at::empty({pr.sender_rows, pr.dim1}, in.options),
+                                      empty_huge({pr.num_edges, pr.dim2}, in.options),
+                                      empty_huge({pr.num_edges, pr.weight_numel}, in.options)};
+      backward_fused<S>(pr, &h, layout == 0 ? &su.blocks1 : nullptr, grads[0].data_ptr<S>(), grads[1].data_ptr<S>(),
+                        grads[2].data_ptr<S>());
+      return grads;
+    }
+  }
+#endif
+  std::array<at::Tensor, 3> grads;
+  for (int64_t source = 0; source < 3; ++source) {
+    Inputs shifted = in;
+    shifted.slots[source] = cotangents[source].contiguous();
+    const int64_t wanted = 7 & ~(int64_t{1} << source);
+    const std::array<at::Tensor, 3> terms = backward<S>(shifted, num_nodes, wanted, cg_index, cg_value, layout);
+    for (int64_t target = 0; target < 3; ++target) {
+      if (target == source) continue;
+      if (grads[target].defined()) {
+        grads[target].add_(terms[target]);
+      } else {
+        grads[target] = terms[target];
+      }
+    }
+  }
   return grads;
 }
 
@@ -1495,10 +1717,36 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> tp_conv_backward(
   return {grads[0], grads[1], grads[2]};
 }
 
+std::tuple<at::Tensor, at::Tensor, at::Tensor> tp_conv_double_backward(
+    const at::Tensor& node_feats, const at::Tensor& edge_attrs, const at::Tensor& edge_weights,
+    const at::Tensor& grad_out, const at::Tensor& cot_node_feats, const at::Tensor& cot_edge_attrs,
+    const at::Tensor& cot_edge_weights, const at::Tensor& edge_index, int64_t num_nodes, const at::Tensor& paths,
+    const at::Tensor& cg_index, const at::Tensor& cg_value, int64_t layout, at::IntArrayRef sizes, bool deterministic,
+    int64_t flops_per_edge) {
+  (void)deterministic;
+  (void)flops_per_edge;
+  const c10::optional<at::Tensor> given[4] = {node_feats, edge_attrs, edge_weights, grad_out};
+  const Inputs in = check_inputs(given, edge_index, num_nodes, -1, paths, cg_index, cg_value, layout, sizes);
+  // The cotangent of each first-order gradient has that gradient's shape: the shape of its slot.
+  const at::Tensor cotangents[3] = {cot_node_feats, cot_edge_attrs, cot_edge_weights};
+  const char* names[3] = {"cot_node_feats", "cot_edge_attrs", "cot_edge_weights"};
+  const at::ScalarType dtype = in.options.dtype().toScalarType();
+  const char* shapes[3] = {"node_feats.shape", "edge_attrs.shape", "edge_weights.shape"};
+  check_float(names[0], cotangents[0], dtype, in.slots[0].sizes(), shapes[0]);
+  // Per-edge cotangents may also be one row expanded over the edges (see Cotangents).
+  for (int s = 1; s < 3; ++s) check_float(names[s], cotangents[s], dtype, in.slots[s].sizes(), shapes[s], true);
+  std::array<at::Tensor, 3> grads;
+  AT_DISPATCH_FLOATING_TYPES(dtype, "tp_conv_double_backward", [&] {
+    grads = double_backward<scalar_t>(in, cotangents, num_nodes, cg_index, cg_value, layout);
+  });
+  return {grads[0], grads[1], grads[2]};
+}
+
 }  // namespace
 }  // namespace eqscale
 
 TORCH_LIBRARY_IMPL(eqscale, CPU, m) {
   m.impl("tp_conv_contract", &eqscale::tp_conv_contract);
   m.impl("tp_conv_backward", &eqscale::tp_conv_backward);
+  m.impl("tp_conv_double_backward", &eqscale::tp_conv_double_backward);
 }

@@ -1,5 +1,5 @@
-"""The C++ operators ``eqscale::tp_conv_contract`` (slot by slot) and ``eqscale::tp_conv_backward``
-(slots 0-2 at once) called directly.
+"""The C++ operators ``eqscale::tp_conv_contract`` (slot by slot), ``eqscale::tp_conv_backward``
+(slots 0-2 at once) and ``eqscale::tp_conv_double_backward`` called directly.
 
 Each open slot must equal the autograd gradient of ``<reference.tp_conv(x, Y, W), G>`` with respect
 to that slot (slot 3: the reference forward itself). The plans cover the templated channel kernels
@@ -51,10 +51,14 @@ def _plans(layout):
 PLAN_NAMES = list(_plans("mul_ir"))
 
 
+def _sizes(plan, sender_rows, shared):
+    return [sender_rows, plan.irreps_in1.dim, plan.irreps_in2.dim, plan.weight_numel, int(shared),
+            plan.irreps_out.dim]
+
+
 def _contract(plan, slots, edge_index, num_nodes, open_slot, sender_rows, shared):
     tables = kernel_tables(plan, torch.device("cpu"))
-    sizes = [sender_rows, plan.irreps_in1.dim, plan.irreps_in2.dim, plan.weight_numel, int(shared),
-             plan.irreps_out.dim]
+    sizes = _sizes(plan, sender_rows, shared)
     arguments = list(slots)
     arguments[open_slot] = None
     return torch.ops.eqscale.tp_conv_contract(
@@ -170,23 +174,29 @@ def test_int32_edge_index_gives_the_same_result():
         assert torch.equal(a, b)
 
 
+def _assert_same_for_any_thread_count(compute, names):
+    """compute() run with the default, one and two threads (and the default again) gives equal bits."""
+    previous = torch.get_num_threads()
+    results = []
+    try:
+        for threads in (previous, 1, max(previous, 2), previous):
+            torch.set_num_threads(threads)
+            results.append(compute())
+    finally:
+        torch.set_num_threads(previous)
+    for other in results[1:]:
+        for index, name in enumerate(names):
+            assert torch.equal(results[0][index], other[index]), name
+
+
 @pytest.mark.parametrize("shared", [False, True], ids=["per_edge", "shared"])
 def test_bitwise_deterministic_across_runs_and_thread_counts(shared):
     # Enough edges for many tasks (node tasks and the fixed edge chunks of the per-edge slots).
     plan = _plans("mul_ir")["uvu_fast"]
     slots, edge_index = _problem(plan, sender_rows=40, num_nodes=40, num_edges=3000, dtype=torch.float32,
                                  shared=shared)
-    previous = torch.get_num_threads()
-    results = []
-    try:
-        for threads in (previous, 1, max(previous, 2), previous):
-            torch.set_num_threads(threads)
-            results.append([_contract(plan, slots, edge_index, 40, s, 40, shared) for s in range(4)])
-    finally:
-        torch.set_num_threads(previous)
-    for other in results[1:]:
-        for s in range(4):
-            assert torch.equal(results[0][s], other[s]), SLOTS[s]
+    _assert_same_for_any_thread_count(
+        lambda: [_contract(plan, slots, edge_index, 40, s, 40, shared) for s in range(4)], SLOTS)
 
 
 def _bad_calls():
@@ -249,17 +259,26 @@ def test_out_of_range_index_is_a_value_error(row, value, bound):
 
 def _backward(plan, slots, edge_index, num_nodes, wanted, sender_rows, shared):
     tables = kernel_tables(plan, torch.device("cpu"))
-    sizes = [sender_rows, plan.irreps_in1.dim, plan.irreps_in2.dim, plan.weight_numel, int(shared),
-             plan.irreps_out.dim]
+    sizes = _sizes(plan, sender_rows, shared)
     return torch.ops.eqscale.tp_conv_backward(
         *slots, edge_index, num_nodes, wanted, tables.paths, tables.cg_index, tables.cg_value, tables.layout, sizes,
         True, plan.flops(1))
 
 
-@pytest.mark.parametrize("shared", [False, True], ids=["per_edge", "shared"])
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["fp64", "fp32"])
-@pytest.mark.parametrize("layout", ["mul_ir", "ir_mul"])
-@pytest.mark.parametrize("name", ["uvu_fast", "uvu_fast_mul16", "uvu_fast_mul32_l4", "uvu_generic", "uvw"])
+def _backward_grid(test):
+    """Parametrizes a backward test over plans (templated and generic), layouts, dtypes, weight sharing."""
+    marks = [
+        pytest.mark.parametrize("shared", [False, True], ids=["per_edge", "shared"]),
+        pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["fp64", "fp32"]),
+        pytest.mark.parametrize("layout", ["mul_ir", "ir_mul"]),
+        pytest.mark.parametrize("name", ["uvu_fast", "uvu_fast_mul16", "uvu_fast_mul32_l4", "uvu_generic", "uvw"]),
+    ]
+    for mark in marks:
+        test = mark(test)
+    return test
+
+
+@_backward_grid
 def test_backward_matches_reference_gradients_for_every_mask(name, layout, dtype, shared):
     # The templated plans take the fused pass (two or more gradients, per-edge weights); shared
     # weights and the generic plans fall back to one contraction per slot. Both must agree.
@@ -300,17 +319,7 @@ def test_backward_is_bitwise_deterministic_across_thread_counts():
     plan = _plans("mul_ir")["uvu_fast_mul16"]
     slots, edge_index = _problem(plan, sender_rows=40, num_nodes=40, num_edges=3000, dtype=torch.float32,
                                  shared=False)
-    previous = torch.get_num_threads()
-    results = []
-    try:
-        for threads in (previous, 1, max(previous, 2)):
-            torch.set_num_threads(threads)
-            results.append(_backward(plan, slots, edge_index, 40, 7, 40, False))
-    finally:
-        torch.set_num_threads(previous)
-    for other in results[1:]:
-        for slot in range(3):
-            assert torch.equal(results[0][slot], other[slot]), SLOTS[slot]
+    _assert_same_for_any_thread_count(lambda: _backward(plan, slots, edge_index, 40, 7, 40, False), SLOTS[:3])
 
 
 def test_backward_opcheck():
@@ -360,8 +369,17 @@ def test_double_backward_fuses_the_gradients_of_each_cotangent():
     out = tp_conv(*leaves, edge_index, 6, plan=plan, backend="cpu")
     grads = torch.autograd.grad(out, leaves, torch.ones_like(out), create_graph=True)
     with CountCalls() as calls:
-        torch.autograd.grad(sum(g.sum() for g in grads), leaves)
+        torch.autograd.grad(sum(g.sum() for g in grads), leaves, retain_graph=True)
+    # No graph is built through it: all three cotangents go to the double backward, one sweep.
+    assert calls.names.count("eqscale::tp_conv_double_backward") == 1
+    assert calls.names.count("eqscale::tp_conv_backward") == 0
+    assert calls.names.count("eqscale::tp_conv_contract") == 0
+    # A graph built through it (third derivatives) takes the differentiable route: one fused call
+    # per cotangent.
+    with CountCalls() as calls:
+        torch.autograd.grad(sum(g.sum() for g in grads), leaves, create_graph=True)
     assert calls.names.count("eqscale::tp_conv_backward") == 3
+    assert calls.names.count("eqscale::tp_conv_double_backward") == 0
     assert calls.names.count("eqscale::tp_conv_contract") == 0
 
 
@@ -385,3 +403,108 @@ def test_backward_bad_input():
         _backward(plan, slots, edge_index, 5, 8, 5, False)
     with pytest.raises(RuntimeError, match=r"grad_out must have shape"):
         _backward(plan, [*slots[:3], slots[3][:-1]], edge_index, 5, 7, 5, False)
+
+
+def _double_backward(plan, slots, cotangents, edge_index, num_nodes, sender_rows, shared):
+    tables = kernel_tables(plan, torch.device("cpu"))
+    sizes = _sizes(plan, sender_rows, shared)
+    return torch.ops.eqscale.tp_conv_double_backward(
+        *slots, *cotangents, edge_index, num_nodes, tables.paths, tables.cg_index, tables.cg_value, tables.layout,
+        sizes, True, plan.flops(1))
+
+
+def _expected_double(plan, slots, cotangents, edge_index, num_nodes):
+    """Autograd through the reference's first-order gradients: d/d(x, Y, W) of sum_s <h_s, g_s>."""
+    x, y, w = (t.detach().clone().requires_grad_(True) for t in slots[:3])
+    out = reference.tp_conv(x, y, w, edge_index, num_nodes, plan)
+    first = torch.autograd.grad((out * slots[3]).sum(), [x, y, w], create_graph=True)
+    second = sum((h * g).sum() for h, g in zip(cotangents, first, strict=True))
+    return torch.autograd.grad(second, [x, y, w])
+
+
+@_backward_grid
+def test_double_backward_matches_reference_second_derivatives(name, layout, dtype, shared):
+    # Templated plans with per-edge weights take the one-sweep kernel; shared weights and the generic
+    # plans fall back to one fused backward per cotangent. Both must equal autograd of the reference.
+    plan = _plans(layout)[name]
+    slots, edge_index = _problem(plan, sender_rows=9, num_nodes=7, num_edges=90, dtype=dtype, shared=shared)
+    generator = torch.Generator().manual_seed(1)
+    cotangents = [torch.randn(t.shape, generator=generator, dtype=dtype) for t in slots[:3]]
+    expected = _expected_double(plan, slots, cotangents, edge_index, 7)
+    actual = _double_backward(plan, slots, cotangents, edge_index, 7, 9, shared)
+    for slot in range(3):
+        _assert_close(actual[slot], expected[slot], GRAD_TOL[dtype], f"{name} {SLOTS[slot]}")
+
+
+@pytest.mark.parametrize("name", ["uvu_fast_mul16", "uvu_generic"])
+def test_double_backward_takes_per_edge_cotangents_expanded_from_one_row(name):
+    # What the backward of g.sum() hands over: one row, stride 0 along the edges.
+    plan = _plans("mul_ir")[name]
+    slots, edge_index = _problem(plan, sender_rows=9, num_nodes=7, num_edges=90, dtype=torch.float64, shared=False)
+    cotangents = [torch.randn_like(slots[0])] + [torch.randn(1, t.shape[1], dtype=torch.float64).expand(t.shape)
+                                                 for t in slots[1:3]]
+    assert cotangents[2].stride(0) == 0
+    expected = _expected_double(plan, slots, cotangents, edge_index, 7)
+    actual = _double_backward(plan, slots, cotangents, edge_index, 7, 9, False)
+    for slot in range(3):
+        _assert_close(actual[slot], expected[slot], GRAD_TOL[torch.float64], f"{name} {SLOTS[slot]}")
+
+
+def test_double_backward_with_many_edges_per_sender_isolated_rows_and_paths_without_weights():
+    # 200 edges from 3 senders (several blocks each), rows without edges; a plan mixing weighted and
+    # unweighted paths (the latter read W = 1 and contribute no weight gradient).
+    plan = _plans("mul_ir")["uvu_fast_mul16"]
+    instructions = [(ins.i_in1, ins.i_in2, ins.i_out, "uvu", index % 2 == 0)
+                    for index, ins in enumerate(plan.instructions)]
+    plan = plan_tensor_product(plan.irreps_in1, plan.irreps_in2, plan.irreps_out, instructions)
+    slots, edge_index = _problem(plan, sender_rows=3, num_nodes=4, num_edges=200, dtype=torch.float64, shared=False)
+    slots[0] = torch.cat([slots[0], torch.randn(3, plan.irreps_in1.dim, dtype=torch.float64)])
+    slots[3] = torch.cat([slots[3], torch.randn(2, plan.irreps_out.dim, dtype=torch.float64)])
+    cotangents = [torch.randn(t.shape, dtype=torch.float64) for t in slots[:3]]
+    expected = _expected_double(plan, slots, cotangents, edge_index, 6)
+    actual = _double_backward(plan, slots, cotangents, edge_index, 6, 6, False)
+    for slot in range(3):
+        _assert_close(actual[slot], expected[slot], GRAD_TOL[torch.float64], SLOTS[slot])
+    assert torch.count_nonzero(actual[0][3:]) == 0
+
+
+def test_double_backward_is_bitwise_deterministic_across_thread_counts():
+    plan = _plans("mul_ir")["uvu_fast_mul16"]
+    slots, edge_index = _problem(plan, sender_rows=40, num_nodes=40, num_edges=3000, dtype=torch.float32,
+                                 shared=False)
+    cotangents = [torch.randn(t.shape) for t in slots[:3]]
+    _assert_same_for_any_thread_count(
+        lambda: _double_backward(plan, slots, cotangents, edge_index, 40, 40, False), SLOTS[:3])
+
+
+def test_double_backward_fake_impl_and_flops():
+    plan = _plans("mul_ir")["uvu_fast"]
+    slots, edge_index = _problem(plan, sender_rows=5, num_nodes=5, num_edges=20, dtype=torch.float64, shared=False)
+    cotangents = [torch.randn_like(t) for t in slots[:3]]
+    tables = kernel_tables(plan, torch.device("cpu"))
+    sizes = [5, plan.irreps_in1.dim, plan.irreps_in2.dim, plan.weight_numel, 0, plan.irreps_out.dim]
+    # Called only where no graph is built: no autograd rule to test.
+    torch.library.opcheck(
+        torch.ops.eqscale.tp_conv_double_backward.default,
+        (*slots, *cotangents, edge_index, 5, tables.paths, tables.cg_index, tables.cg_value, tables.layout, sizes,
+         True, plan.flops(1)),
+        test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_dynamic"))
+    with torch.utils.flop_counter.FlopCounterMode(display=False) as counter:
+        _double_backward(plan, slots, cotangents, edge_index, 5, 5, False)
+    assert counter.get_total_flops() == 6 * plan.flops(20)
+
+
+def test_double_backward_bad_input():
+    plan = _plans("mul_ir")["uvu_fast"]
+    slots, edge_index = _problem(plan, sender_rows=5, num_nodes=5, num_edges=8, dtype=torch.float32, shared=False)
+    cotangents = [torch.randn_like(t) for t in slots[:3]]
+    with pytest.raises(RuntimeError, match=r"cot_edge_attrs must have shape edge_attrs.shape"):
+        _double_backward(plan, slots, [cotangents[0], cotangents[1][:-1], cotangents[2]], edge_index, 5, 5, False)
+    with pytest.raises(RuntimeError, match=r"cot_edge_weights must have dtype"):
+        _double_backward(plan, slots, [*cotangents[:2], cotangents[2].double()], edge_index, 5, 5, False)
+    with pytest.raises(RuntimeError, match=r"cot_edge_weights must be contiguous \(or one row expanded"):
+        _double_backward(plan, slots, [*cotangents[:2], cotangents[2][:, :1].expand(cotangents[2].shape)],
+                         edge_index, 5, 5, False)
+    with pytest.raises(RuntimeError, match=r"cot_node_feats must be contiguous"):
+        wide = torch.randn(slots[0].shape[1], slots[0].shape[0]).t()
+        _double_backward(plan, slots, [wide, *cotangents[1:]], edge_index, 5, 5, False)

@@ -245,11 +245,18 @@ def _register(op_name: str, *, with_fake: bool, backward_op_name: str | None = N
         return args[-1] * edge_index_shape[1]
 
 
-def _register_fused_backward(op_name: str, contract_name: str) -> None:
-    """Fake impl, autograd rule and FLOP formula of a fused backward (slots 0-2 of the 4-linear form)."""
+def _register_fused_backward(op_name: str, contract_name: str, double_backward_name: str | None = None) -> None:
+    """Fake impl, autograd rule and FLOP formula of a fused backward (slots 0-2 of the 4-linear form).
+
+    ``double_backward_name``: the backend's double backward (all three cotangents into slots 0-2 in
+    one call), used for the backward of the fused backward when it applies.
+    """
     qualified = f"eqscale::{op_name}"
     contract = getattr(torch.ops.eqscale, contract_name).default
     fused = getattr(torch.ops.eqscale, op_name).default
+    double = getattr(torch.ops.eqscale, double_backward_name).default if double_backward_name else None
+    if double is not None:
+        _register_double_backward(double_backward_name)
 
     @torch.library.register_fake(qualified)
     def _fake(x, y, w, g, edge_index, num_nodes, wanted, paths, cg_index, cg_value, layout, sizes, deterministic,
@@ -271,12 +278,19 @@ def _register_fused_backward(op_name: str, contract_name: str) -> None:
         saved = list(ctx.saved_tensors[:4])
         edge_index = ctx.saved_tensors[4]
         grads = [None] * 4
-        for source in range(3):
-            if not ctx.wanted >> source & 1 or cotangents[source] is None:
-                continue
+        sources = [slot for slot in range(3) if ctx.wanted >> slot & 1 and cotangents[slot] is not None]
+        needed = [slot for slot in range(4) if ctx.needs_input_grad[slot]]
+        if double is not None and len(sources) == 3 and {0, 1, 2} <= set(needed) and not torch.is_grad_enabled():
+            # All three cotangents reach slots 0-2 in one sweep of the edges, which reads G, W and
+            # the edge rows once instead of once per cotangent. That op has no autograd rule of its
+            # own: only where no graph is built through this backward. grad_out's gradient is left.
+            grads[:3] = double(*saved, cotangents[0].contiguous(), *map(_rows, cotangents[1:3]), edge_index,
+                               ctx.num_nodes, *ctx.rest)
+            needed = [slot for slot in needed if slot == OUTPUT]
+        for source in sources if needed else ():
             arguments = list(saved)
             arguments[source] = cotangents[source].contiguous()
-            targets = [slot for slot in range(4) if slot != source and ctx.needs_input_grad[slot]]
+            targets = [slot for slot in needed if slot != source]
             terms = _open_each(contract, fused, arguments, targets, edge_index, ctx.num_nodes, ctx.rest)
             for target in targets:
                 if grads[target] is None:
@@ -295,8 +309,35 @@ def _register_fused_backward(op_name: str, contract_name: str) -> None:
         return wanted.bit_count() * args[-1] * edge_index_shape[1]
 
 
+def _rows(cotangent: torch.Tensor) -> torch.Tensor:
+    """A per-edge cotangent as the double backward takes it: contiguous, or one row expanded.
+
+    The backward of ``g.sum()`` is a single row expanded over the edges; materialising it wrote an
+    ``E x weight_numel`` tensor into fresh pages on every step (page faults were a fifth of the cpu
+    forward+backward+double-backward step at L = 2).
+    """
+    if cotangent.dim() == 2 and cotangent.shape[0] > 0 and cotangent.stride(0) == 0:
+        return cotangent[0].contiguous().expand(cotangent.shape)  # the row may itself be expanded
+    return cotangent.contiguous()
+
+
+def _register_double_backward(op_name: str) -> None:
+    """Fake impl and FLOP formula of a double backward (no autograd rule: called without a graph)."""
+
+    @torch.library.register_fake(f"eqscale::{op_name}")
+    def _fake(x, y, w, g, hx, hy, hw, edge_index, num_nodes, paths, cg_index, cg_value, layout, sizes, deterministic,
+              flops_per_edge):
+        return x.new_empty(x.shape), y.new_empty(y.shape), w.new_empty(w.shape)
+
+    @register_flop_formula(getattr(torch.ops.eqscale, op_name))
+    def _flops(*args, **kwargs) -> int:
+        # Two evaluations of the 4-linear form per gradient, one per cotangent that reaches it.
+        edge_index_shape, flops_per_edge = args[7], args[-1]
+        return 6 * flops_per_edge * edge_index_shape[1]
+
+
 if _cpu.load():
-    _register_fused_backward(_cpu.BACKWARD_OP_NAME, _cpu.OP_NAME)
+    _register_fused_backward(_cpu.BACKWARD_OP_NAME, _cpu.OP_NAME, _cpu.DOUBLE_BACKWARD_OP_NAME)
     _register(_cpu.OP_NAME, with_fake=True, backward_op_name=_cpu.BACKWARD_OP_NAME)
 # Resolved once at import: torch.compile would trace the import inside a cached lookup.
 _TRITON_OP_NAME = _triton_op_name() if backends.triton_available() else ""
