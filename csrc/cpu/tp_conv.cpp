@@ -415,7 +415,7 @@ void backward_block(const S* yd, int64_t n, const S* x, const S* const* gs, int6
   }
 }
 
-// The double backward (double_backward_sweep) of one path for one edge and a chunk of U channel
+// The double backward (backward_fused with cotangents) of one path for one edge and a chunk of U channel
 // vectors: the gradients of <hx, gx> + <hy, gy> + <hw, gw>, where gx, gy and gw are the first-order
 // gradients of <forward, G> and hx, hy, hw their cotangents. Each gradient gets two terms, one per
 // cotangent in the other two slots:
@@ -1197,6 +1197,18 @@ void group_cells(const std::vector<Entry<S>>& entries, const Path& p, Cells kind
   }
 }
 
+// A node tensor (rows, dim) in canonical order: itself in the ir_mul layout, else a permuted copy
+// kept alive by `keep`; null when undefined.
+template <class S>
+const S* node_operand(const at::Tensor& t, int64_t rows, int64_t dim, const std::vector<Block>& blocks,
+                      int64_t layout, const at::TensorOptions& options, at::Tensor& keep) {
+  if (!t.defined()) return nullptr;
+  if (layout == 1) return t.data_ptr<S>();
+  keep = at::empty({rows, dim}, options);
+  canonicalize<S>(t.data_ptr<S>(), rows, dim, blocks, keep.data_ptr<S>());
+  return keep.data_ptr<S>();
+}
+
 // A Problem with its node operands in canonical order, and the tensors that keep those copies alive.
 template <class S>
 struct Setup {
@@ -1245,16 +1257,8 @@ void set_up(Setup<S>& su, const at::Tensor* slots, const at::Tensor& edge_index,
     su.blocks1 = layout_blocks(pr.paths, true, pr.dim1, "node_feats");
     su.blockso = layout_blocks(pr.paths, false, pr.dimo, "grad_out");
   }
-  auto node_operand = [&](const at::Tensor& t, int64_t rows, int64_t dim, const std::vector<Block>& blocks,
-                          at::Tensor& keep) -> const S* {
-    if (!t.defined()) return nullptr;
-    if (layout == 1) return t.data_ptr<S>();
-    keep = at::empty({rows, dim}, options);
-    canonicalize<S>(t.data_ptr<S>(), rows, dim, blocks, keep.data_ptr<S>());
-    return keep.data_ptr<S>();
-  };
-  pr.x = node_operand(slots[kNodeFeats], pr.sender_rows, pr.dim1, su.blocks1, su.x_canon);
-  pr.g = node_operand(slots[kOutput], num_nodes, pr.dimo, su.blockso, su.g_canon);
+  pr.x = node_operand<S>(slots[kNodeFeats], pr.sender_rows, pr.dim1, su.blocks1, layout, options, su.x_canon);
+  pr.g = node_operand<S>(slots[kOutput], num_nodes, pr.dimo, su.blockso, layout, options, su.g_canon);
   pr.y = slots[kEdgeAttrs].defined() ? slots[kEdgeAttrs].data_ptr<S>() : nullptr;
   pr.w = slots[kEdgeWeights].defined() && pr.weight_numel > 0 ? slots[kEdgeWeights].data_ptr<S>() : nullptr;
 }
@@ -1645,13 +1649,9 @@ std::array<at::Tensor, 3> double_backward(const Inputs& in, const at::Tensor cot
     if (fused_backward_applies(pr) && pr.w != nullptr) {
       build_backward_cells(pr);
       at::Tensor hx_canon;
-      if (layout == 0) {
-        hx_canon = at::empty({pr.sender_rows, pr.dim1}, in.options);
-        canonicalize<S>(cotangents[0].data_ptr<S>(), pr.sender_rows, pr.dim1, su.blocks1, hx_canon.data_ptr<S>());
-      }
-      const Cotangents<S> h{layout == 0 ? hx_canon.data_ptr<S>() : cotangents[0].data_ptr<S>(),
-                            cotangents[1].data_ptr<S>(), cotangents[2].data_ptr<S>(), cotangents[1].stride(0),
-                            cotangents[2].stride(0)};
+      const Cotangents<S> h{
+          node_operand<S>(cotangents[0], pr.sender_rows, pr.dim1, su.blocks1, layout, in.options, hx_canon),
+          cotangents[1].data_ptr<S>(), cotangents[2].data_ptr<S>(), cotangents[1].stride(0), cotangents[2].stride(0)};
       std::array<at::Tensor, 3> grads{at::empty({pr.sender_rows, pr.dim1}, in.options),
                                       empty_huge({pr.num_edges, pr.dim2}, in.options),
                                       empty_huge({pr.num_edges, pr.weight_numel}, in.options)};
