@@ -772,6 +772,8 @@ std::vector<Block> layout_blocks(const std::vector<Path>& paths, bool in1, int64
     }
     if (d > 1 && mul > 1) blocks.push_back({off, mul, d});
   }
+  // In column order, so that permute_row can copy the columns between them in one pass.
+  std::sort(blocks.begin(), blocks.end(), [](const Block& a, const Block& b) { return a.off < b.off; });
   return blocks;
 }
 
@@ -792,11 +794,14 @@ void permute_block(const S* __restrict s, S* __restrict o, int64_t mul, int64_t 
 
 // One node row from the caller's layout to the canonical one (ToCanonical) or back. The strided
 // side stays within one row (in L1); a per-column index table measured as the costliest part of
-// writing the forward's output rows.
+// writing the forward's output rows. Blocks are in column order (layout_blocks) and only the
+// columns between them are copied: every destination column is written once.
 template <bool ToCanonical, class S>
 void permute_row(const S* __restrict src, S* __restrict dst, int64_t dim, const std::vector<Block>& blocks) {
-  std::memcpy(dst, src, dim * sizeof(S));
+  int64_t copied = 0;
   for (const Block& b : blocks) {
+    std::memcpy(dst + copied, src + copied, (b.off - copied) * sizeof(S));
+    copied = b.off + b.mul * b.d;
     const S* s = src + b.off;
     S* o = dst + b.off;
     switch (b.d) {
@@ -807,6 +812,7 @@ void permute_row(const S* __restrict src, S* __restrict dst, int64_t dim, const 
       default: permute_block<ToCanonical, 0>(s, o, b.mul, b.d); break;
     }
   }
+  std::memcpy(dst + copied, src + copied, (dim - copied) * sizeof(S));
 }
 
 template <class S>
@@ -1285,7 +1291,9 @@ at::Tensor contract(const at::Tensor* slots, const at::Tensor& edge_index, int64
   at::Tensor out;
   if (slot == kOutput || slot == kNodeFeats) {
     const bool forward = slot == kOutput;
-    out = at::empty({forward ? num_nodes : pr.sender_rows, forward ? pr.dimo : pr.dim1}, options);
+    // Pooled: at L = 4, N = 1000 the output is 48-96 MB, a fresh mapping faulted in on every call otherwise
+    // (measured side by side, 2 threads: the forward 1.3x faster at L = 4, mul 32 and 64).
+    out = empty_huge({forward ? num_nodes : pr.sender_rows, forward ? pr.dimo : pr.dim1}, options);
     node_slot<S>(pr, slot, layout == 0 ? (forward ? &su.blockso : &su.blocks1) : nullptr, out.data_ptr<S>());
   } else if (slot == kEdgeAttrs) {
     out = empty_huge({pr.num_edges, pr.dim2}, options);

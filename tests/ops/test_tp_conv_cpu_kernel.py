@@ -38,6 +38,12 @@ def _plans(layout):
         # Generic kernel: odd channel counts, l = 5, several edge channels.
         "uvu_generic": _uvu("3x0e+2x1o+2x5o", "0e+1o+5o", 5, layout=layout),
         "uvu_edge_channels": _uvu("3x0e+2x1o", "2x0e+2x1o", 1, layout=layout),
+        # Paths listed against the column order, scalars between permuted blocks, and an output block
+        # (3o) that no path writes: node rows are permuted block by block, the columns between copied.
+        "uvu_unsorted_paths": plan_tensor_product(
+            "8x1o+8x0e", "0e+1o", "8x1e+8x0e+8x3o+8x1o",
+            [(1, 1, 3, "uvu", True), (1, 0, 1, "uvu", True), (0, 1, 0, "uvu", True), (0, 1, 1, "uvu", True),
+             (0, 0, 3, "uvu", True)], layout=layout),
         "uvu_no_weights": plan_tensor_product("4x0e+4x1o", "0e+1o", uvu_irreps_out("4x0e+4x1o", "0e+1o")[0],
                                               no_weights, layout=layout),
         "uvw": plan_tensor_product("3x0e+2x1o", "2x0e+1x1o", "2x0e+3x1o+1x1e", mode="uvw", layout=layout),
