@@ -129,8 +129,8 @@ struct Problem {
 // requests are spread over the path loop, and within a path over the kernel's edge loop
 // (NextSlices): a burst of a whole block's rows stalls on the few outstanding misses the core
 // allows, and the arithmetic queues behind the stalled requests (edge by edge instead of one burst
-// per path: forward 1.07x at L = 2, 1.15x at L = 3). Reads are requested into L2 (prefetcht1), not L1: a block's
-// weight slices and node rows together overflow a 32 KiB L1, so prefetcht0 evicted the operands
+// per path: forward 1.07x at L = 2, 1.15x at L = 3). Reads are requested into L2 (prefetcht1), not
+// L1: a block's weight slices and node rows together overflow a 32 KiB L1, so prefetcht0 evicted the operands
 // the block was still using; measured side by side (2 threads, mul 32), prefetcht1 made the forward
 // 1.5-2x and forward+backward 1.3-1.9x faster at L = 1-3.
 template <bool Write>
@@ -150,27 +150,29 @@ EQSCALE_TP_INLINE void prefetch_line(const char* address) {
 #endif
 }
 
+// Requests every cache line of [data, data + len).
 template <bool Write, class S>
-EQSCALE_TP_INLINE void prefetch_slices(const S* const* rows, int64_t n, int64_t offset, int64_t len) {
+EQSCALE_TP_INLINE void prefetch_span(const S* data, int64_t len) {
+  const char* base = reinterpret_cast<const char*>(data);
   const int64_t bytes = len * static_cast<int64_t>(sizeof(S));
-  for (int64_t e = 0; e < n; ++e) {
-    if (rows[e] == nullptr) continue;
-    const char* base = reinterpret_cast<const char*>(rows[e] + offset);
-    for (int64_t b = 0; b < bytes; b += 64) prefetch_line<Write>(base + b);
-  }
+  for (int64_t b = 0; b < bytes; b += 64) prefetch_line<Write>(base + b);
 }
 
-// One path's slices of the next block's rows (rows[e] + offset, bytes long, e < count; null rows
+template <bool Write, class S>
+EQSCALE_TP_INLINE void prefetch_slices(const S* const* rows, int64_t n, int64_t offset, int64_t len) {
+  for (int64_t e = 0; e < n; ++e)
+    if (rows[e] != nullptr) prefetch_span<Write>(rows[e] + offset, len);
+}
+
+// One path's slices of the next block's rows (rows[e][offset, offset + len), e < count; null rows
 // skipped), requested edge by edge from inside a kernel's edge loop instead of in a burst before it.
 template <class S>
 struct NextSlices {
   const S* const* rows = nullptr;
-  int64_t count = 0, offset = 0, bytes = 0;
+  int64_t count = 0, offset = 0, len = 0;
 
   EQSCALE_TP_INLINE void request(int64_t e) const {
-    if (e >= count || rows[e] == nullptr) return;
-    const char* base = reinterpret_cast<const char*>(rows[e] + offset);
-    for (int64_t b = 0; b < bytes; b += 64) prefetch_line<false>(base + b);
+    if (e < count && rows[e] != nullptr) prefetch_span<false>(rows[e] + offset, len);
   }
   // The slices of the edges from `first` on, once the kernel's loop over its own edges is done.
   void request_from(int64_t first) const {
@@ -223,8 +225,7 @@ EQSCALE_TP_INLINE void node_chunk(const S* __restrict yd, int64_t n, const S* co
     if (c == 0) {
       next.request(e);
       if (prefetch_src && e + 2 < n) {
-        const char* ahead = reinterpret_cast<const char*>(src[e + 2] + src_off);
-        for (int64_t b = 0; b < DA * mul * static_cast<int64_t>(sizeof(S)); b += 64) prefetch_line<false>(ahead + b);
+        prefetch_span<false>(src[e + 2] + src_off, DA * mul);
       }
     }
     V wv[U];
@@ -424,10 +425,7 @@ void backward_block(const S* yd, int64_t n, const S* x, const S* const* gs, int6
     S* gye = gy + e * gy_stride * L;
     // The receiver rows (G) are the largest node operand and mostly come from L3: requested two
     // edges ahead (the same at one or three), this took the backward from 170 to 130 ms single-threaded.
-    if (e + 2 < n) {
-      const char* ahead = reinterpret_cast<const char*>(gs[e + 2] + goff);
-      for (int64_t b = 0; b < DO * mul * static_cast<int64_t>(sizeof(S)); b += 64) prefetch_line<false>(ahead + b);
-    }
+    if (e + 2 < n) prefetch_span<false>(gs[e + 2] + goff, DO * mul);
     next.request(e);
     int64_t c = 0;
     if constexpr (U >= 4) {
@@ -535,10 +533,7 @@ void double_backward_block(const S* yd, const S* ybd, int64_t n, const S* const*
     const S* hw = hws[e] + woff;
     S* gw = gws[e] == nullptr ? nullptr : gws[e] + gwoff;
     S* gye = gy + e * gy_stride * L;
-    if (e + 2 < n) {  // as in backward_block
-      const char* ahead = reinterpret_cast<const char*>(gs[e + 2] + goff);
-      for (int64_t b = 0; b < DO * mul * static_cast<int64_t>(sizeof(S)); b += 64) prefetch_line<false>(ahead + b);
-    }
+    if (e + 2 < n) prefetch_span<false>(gs[e + 2] + goff, DO * mul);  // as in backward_block
     next_w.request(e);
     next_hw.request(e);
     int64_t c = 0;
@@ -879,11 +874,7 @@ void gather_attrs(const S* attrs, int64_t row_stride, int64_t dim2, const int64_
 // and each is a cache miss that gather_attrs would wait on (12% of the forward's driver time).
 template <class S>
 void prefetch_attrs(const S* attrs, int64_t dim2, const int64_t* edges, int64_t n) {
-  const int64_t bytes = dim2 * static_cast<int64_t>(sizeof(S));
-  for (int64_t e = 0; e < n; ++e) {
-    const char* row = reinterpret_cast<const char*>(attrs + edges[e] * dim2);
-    for (int64_t b = 0; b < bytes; b += 64) prefetch_line<false>(row + b);
-  }
+  for (int64_t e = 0; e < n; ++e) prefetch_span<false>(attrs + edges[e] * dim2, dim2);
 }
 
 #ifdef EQSCALE_TP_SIMD
@@ -997,9 +988,9 @@ void node_slot(const Problem<S>& pr, int64_t slot, const std::vector<Block>* mul
 
   // Prefetching (see prefetch_slices): while path t of a block computes, path t's slices of the next
   // block's weight rows are requested, one edge's slice per edge the kernel does (NextSlices). The
-  // source rows (x or G) are not: they come from a node
-  // tensor that mostly stays in L2, and requesting them measured slower (more instructions, no
-  // fewer stalls) for the forward and the node-feature gradient alike.
+  // source rows (x or G) are not: they come from a node tensor that mostly stays in L2, and
+  // requesting them measured slower (more instructions, no fewer stalls) for the forward and the
+  // node-feature gradient alike.
   parallel_for(0, static_cast<int64_t>(bounds.size()) - 1, 1, [&](int64_t task_begin, int64_t task_end) {
     std::vector<S> row(dst_dim), scratch(scratch_size), yt(any_fast ? pr.dim2 * kBlock : 0),
         yd(any_fast ? cells_max * kBlock : 0);
@@ -1026,11 +1017,7 @@ void node_slot(const Problem<S>& pr, int64_t slot, const std::vector<Block>* mul
             const Path& p = pr.paths[t];
 #ifdef EQSCALE_TP_SIMD
             if (p.fast) {
-              // The next block's weight slices are requested edge by edge by the kernel: requested in
-              // a burst here they stalled on the few outstanding misses a core allows, and the
-              // arithmetic queued behind them.
-              const NextSlices<S> next{next_wts, next_n, p.woff,
-                                       path_weight_numel(p) * static_cast<int64_t>(sizeof(S))};
+              const NextSlices<S> next{next_wts, next_n, p.woff, path_weight_numel(p)};
               form_cells(pr, t, yt.data(), yd.data());
               const int64_t da = forward ? p.d1 : p.dout, db = forward ? p.dout : p.d1;
               node_fn<S>(da, db)(yd.data(), n, src, forward ? p.off1 : p.offo, wts, p.woff, p.has_weight != 0,
@@ -1336,8 +1323,8 @@ at::Tensor contract(const at::Tensor* slots, const at::Tensor& edge_index, int64
   at::Tensor out;
   if (slot == kOutput || slot == kNodeFeats) {
     const bool forward = slot == kOutput;
-    // Pooled: at L = 4, N = 1000 the output is 48-96 MB, a fresh mapping faulted in on every call otherwise
-    // (measured side by side, 2 threads: the forward 1.3x faster at L = 4, mul 32 and 64).
+    // Pooled: at L = 4, N = 1000 the output is 48-96 MB, a fresh mapping faulted in on every call
+    // otherwise (measured side by side, 2 threads: the forward 1.3x faster at L = 4, mul 32 and 64).
     out = empty_huge({forward ? num_nodes : pr.sender_rows, forward ? pr.dimo : pr.dim1}, options);
     node_slot<S>(pr, slot, layout == 0 ? (forward ? &su.blockso : &su.blocks1) : nullptr, out.data_ptr<S>());
   } else if (slot == kEdgeAttrs) {
@@ -1501,14 +1488,14 @@ void backward_fused(const Problem<S>& pr, const Cotangents<S>* h, const std::vec
             const Path& p = pr.paths[t];
             const int64_t numel = path_weight_numel(p);
             // Requested edge by edge from the kernels' loops (see node_slot).
-            const NextSlices<S> next_w{next_ws, next_n, p.woff, numel * static_cast<int64_t>(sizeof(S))};
+            const NextSlices<S> next_w{next_ws, next_n, p.woff, numel};
             form_cells(pr, t, yt.data(), yd.data());
             if (want_attrs) sender_products(pr, t, x, products.data());
             const S* const* path_ws = p.has_weight ? ws : ones_rows;
             const int64_t path_woff = p.has_weight ? p.woff : 0;
             S* const* path_gws = p.has_weight ? gws : no_rows;
             if (twice) {
-              const NextSlices<S> next_hw{next_hws, next_n, p.woff, numel * static_cast<int64_t>(sizeof(S))};
+              const NextSlices<S> next_hw{next_hws, next_n, p.woff, numel};
               form_cells(pr, t, bt.data(), ybd.data());
               sender_products(pr, t, hx, cotangent_products.data());
               double_backward_fn<S>(p.d1, p.dout)(
