@@ -849,6 +849,17 @@ void permute_row(const S* __restrict src, S* __restrict dst, int64_t dim, const 
   std::memcpy(dst + copied, src + copied, (dim - copied) * sizeof(S));
 }
 
+// A finished canonical row written to its place in the caller's tensor: as is in the ir_mul layout
+// (mul_ir_blocks null), else permuted back to mul_ir.
+template <class S>
+void store_row(const S* row, S* dst, int64_t dim, const std::vector<Block>* mul_ir_blocks) {
+  if (mul_ir_blocks == nullptr) {
+    std::copy(row, row + dim, dst);
+  } else {
+    permute_row<false>(row, dst, dim, *mul_ir_blocks);
+  }
+}
+
 template <class S>
 void canonicalize(const S* raw, int64_t rows, int64_t dim, const std::vector<Block>& blocks, S* canon) {
   parallel_for(0, rows, 64, [&](int64_t begin, int64_t end) {
@@ -1033,12 +1044,7 @@ void node_slot(const Problem<S>& pr, int64_t slot, const std::vector<Block>* mul
             }
           }
         }
-        S* dst = out + r * dst_dim;
-        if (mul_ir_blocks == nullptr) {
-          std::copy(row.begin(), row.end(), dst);
-        } else {
-          permute_row<false>(row.data(), dst, dst_dim, *mul_ir_blocks);
-        }
+        store_row(row.data(), out + r * dst_dim, dst_dim, mul_ir_blocks);
       }
     }
   });
@@ -1519,12 +1525,7 @@ void backward_fused(const Problem<S>& pr, const Cotangents<S>* h, const std::vec
             }
           }
         }
-        if (gx == nullptr) continue;
-        if (mul_ir_blocks == nullptr) {
-          std::copy(row.begin(), row.end(), gx + s * pr.dim1);
-        } else {
-          permute_row<false>(row.data(), gx + s * pr.dim1, pr.dim1, *mul_ir_blocks);
-        }
+        if (gx != nullptr) store_row(row.data(), gx + s * pr.dim1, pr.dim1, mul_ir_blocks);
       }
     }
     T::fence();  // the streamed weight-gradient rows are complete before the caller reads them
