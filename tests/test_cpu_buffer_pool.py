@@ -1,8 +1,8 @@
 """The buffer pool behind the C++ kernels' large outputs and the SO(2) maps' GEMM outputs (csrc/cpu/memory.h).
 
-A freed output of 8 MiB or more goes back to the pool and the next output of about its size reuses
-it, pages already in place; EQSCALE_CPU_POOL_MB=0 turns that off. Reused buffers must never leak
-old values: every output is fully written.
+A freed output of 256 KiB or more goes back to the pool and the next output of about its size
+reuses it, pages already in place (huge pages from 8 MiB on); EQSCALE_CPU_POOL_MB=0 turns that off.
+Reused buffers must never leak old values: every output is fully written.
 """
 
 import os
@@ -87,6 +87,33 @@ def test_empty_pooled_reuses_freed_buffers_and_checks_its_arguments():
     assert torch.ops.eqscale.empty_pooled(like, [1000, 1100]).data_ptr() == address
     with pytest.raises(RuntimeError, match="size must be non-negative"):
         torch.ops.eqscale.empty_pooled(like, [-1, 3])
+
+
+def test_node_sized_buffers_are_pooled_and_hold_only_new_values():
+    # A 1 MB buffer (the node tensors of a step: N = 1000 nodes x 288 features x 4 bytes) is pooled too.
+    like = torch.zeros(1)
+    first = torch.ops.eqscale.empty_pooled(like, [1000, 288])
+    address = first.data_ptr()
+    del first
+    assert torch.ops.eqscale.empty_pooled(like, [1000, 288]).data_ptr() == address
+    # The forward output and the canonical copy of mul_ir node features come from pooled buffers of
+    # that size: poisoned ones must not leak into the result.
+    plan = _plan()
+    generator = torch.Generator().manual_seed(3)
+    num_nodes, num_edges = 300, 900
+    x = torch.randn(num_nodes, plan.irreps_in1.dim, generator=generator)
+    y = torch.randn(num_edges, plan.irreps_in2.dim, generator=generator)
+    w = torch.randn(num_edges, plan.weight_numel, generator=generator)
+    edge_index = torch.randint(0, num_nodes, (2, num_edges), generator=generator)
+    poisoned = [torch.ops.eqscale.empty_pooled(like, [num_nodes, size]).fill_(float("nan"))
+                for size in (plan.irreps_in1.dim, plan.irreps_out.dim) for _ in range(4)]
+    del poisoned
+    tables = kernel_tables(plan, torch.device("cpu"))
+    sizes = [num_nodes, plan.irreps_in1.dim, plan.irreps_in2.dim, plan.weight_numel, 0, plan.irreps_out.dim]
+    out = torch.ops.eqscale.tp_conv_contract(x, y, w, None, edge_index, num_nodes, 3, tables.paths,
+                                             tables.cg_index, tables.cg_value, tables.layout, sizes, True, 0)
+    expected = reference.tp_conv(x, y, w, edge_index, num_nodes, plan)
+    torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-4)
 
 
 def test_so2_maps_on_reused_buffers_hold_only_new_values():

@@ -13,9 +13,13 @@
 //     One training step of an L = 6 SO(2) convolution (E = 30,000, C = 64) cycles through about
 //     2 GB of such outputs: with a 1 GB pool half of them were fresh pages every step, and its
 //     forward+backward ran 15% slower;
-//   * buffers are 2 MiB aligned and backed by transparent huge pages where the kernel has them in
-//     "madvise" mode (the common default): on a 2-core machine a fresh 192 MB tensor took 100 ms to
-//     fill with 4 KiB pages against 30-40 ms with 2 MiB pages.
+//   * buffers of 8 MiB and more are 2 MiB aligned and backed by transparent huge pages where the
+//     kernel has them in "madvise" mode (the common default): on a 2-core machine a fresh 192 MB
+//     tensor took 100 ms to fill with 4 KiB pages against 30-40 ms with 2 MiB pages;
+//   * buffers from 256 KiB on are pooled too. glibc serves those from its heap, but the few MB of
+//     them a step frees at its end go over its trim threshold, so it returns them to the OS and the
+//     next step faults them in again: in the tensor-product convolution's forward+backward at L = 2
+//     (N = 1000, three 1 MB node tensors) that was 3,600 page faults a step.
 //
 // The op empty_pooled (memory.cpp) hands the same buffers to Python for the intermediates that
 // PyTorch GEMMs write in the SO(2) maps (with a 1 GB pool that measured 8% slower, the pool then
@@ -40,13 +44,17 @@
 namespace eqscale {
 
 constexpr int64_t kHugePage = int64_t{1} << 21;
+// Buffers from this size on are backed by huge pages.
+constexpr int64_t kHugeBufferBytes = 4 * kHugePage;
+// Buffers from this size on come from the pool.
+constexpr int64_t kPooledBufferBytes = int64_t{1} << 18;
 
 // Asks for transparent huge pages on the 2 MiB-aligned part of [data, data + bytes) when it spans
 // at least a few of them; a no-op elsewhere.
 inline void advise_huge_pages(void* data, int64_t bytes) {
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
   constexpr uintptr_t kHuge = static_cast<uintptr_t>(kHugePage);
-  if (bytes < static_cast<int64_t>(4 * kHuge)) return;
+  if (bytes < kHugeBufferBytes) return;
   const uintptr_t begin = (reinterpret_cast<uintptr_t>(data) + kHuge - 1) & ~(kHuge - 1);
   const uintptr_t end = (reinterpret_cast<uintptr_t>(data) + static_cast<uintptr_t>(bytes)) & ~(kHuge - 1);
   if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
@@ -82,9 +90,10 @@ class BufferPool {
         return data;
       }
     }
-    capacity = (bytes + kHugePage - 1) / kHugePage * kHugePage;
+    const int64_t alignment = bytes >= kHugeBufferBytes ? kHugePage : int64_t{4096};
+    capacity = (bytes + alignment - 1) / alignment * alignment;
     void* data = nullptr;
-    if (posix_memalign(&data, static_cast<size_t>(kHugePage), static_cast<size_t>(capacity)) != 0) return nullptr;
+    if (posix_memalign(&data, static_cast<size_t>(alignment), static_cast<size_t>(capacity)) != 0) return nullptr;
     advise_huge_pages(data, capacity);
     return data;
   }
@@ -125,15 +134,15 @@ class BufferPool {
   int64_t limit_bytes_ = 0;
 };
 
-// at::empty for a large kernel output: from the buffer pool (huge pages, pages already faulted in
-// when reused) for CPU tensors of at least 8 MiB, a plain at::empty otherwise. The contents are
+// at::empty for a large kernel output: from the buffer pool (pages already faulted in when reused,
+// huge pages from 8 MiB on) for CPU tensors of at least 256 KiB, a plain at::empty otherwise. The contents are
 // undefined, as with at::empty.
 inline at::Tensor empty_huge(at::IntArrayRef size, const at::TensorOptions& options) {
   int64_t numel = 1;
   for (int64_t s : size) numel *= s;
   const int64_t bytes = numel * static_cast<int64_t>(c10::elementSize(options.dtype().toScalarType()));
   BufferPool& pool = BufferPool::instance();
-  if (options.device().is_cpu() && bytes >= 4 * kHugePage && pool.enabled()) {
+  if (options.device().is_cpu() && bytes >= kPooledBufferBytes && pool.enabled()) {
     int64_t capacity = 0;
     void* data = pool.take(bytes, capacity);
     if (data != nullptr) {

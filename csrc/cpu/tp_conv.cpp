@@ -1249,7 +1249,7 @@ const S* node_operand(const at::Tensor& t, int64_t rows, int64_t dim, const std:
                       int64_t layout, const at::TensorOptions& options, at::Tensor& keep) {
   if (!t.defined()) return nullptr;
   if (layout == 1) return t.data_ptr<S>();
-  keep = at::empty({rows, dim}, options);
+  keep = empty_huge({rows, dim}, options);
   canonicalize<S>(t.data_ptr<S>(), rows, dim, blocks, keep.data_ptr<S>());
   return keep.data_ptr<S>();
 }
@@ -1655,7 +1655,7 @@ std::array<at::Tensor, 3> backward(const Inputs& in, int64_t num_nodes, int64_t 
 #ifdef EQSCALE_TP_SIMD
   if (count > 1 && fused_backward_applies(pr)) {
     build_backward_cells(pr);
-    if (wanted & 1) grads[0] = at::empty({pr.sender_rows, pr.dim1}, in.options);
+    if (wanted & 1) grads[0] = empty_huge({pr.sender_rows, pr.dim1}, in.options);
     if (wanted & 2) grads[1] = empty_huge({pr.num_edges, pr.dim2}, in.options);
     if (wanted & 4) grads[2] = empty_huge({pr.num_edges, pr.weight_numel}, in.options);
     auto data = [](at::Tensor& t) { return t.defined() ? t.data_ptr<S>() : nullptr; };
@@ -1695,7 +1695,7 @@ std::array<at::Tensor, 3> double_backward(const Inputs& in, const at::Tensor cot
       const Cotangents<S> h{
           node_operand<S>(cotangents[0], pr.sender_rows, pr.dim1, su.blocks1, layout, in.options, hx_canon),
           cotangents[1].data_ptr<S>(), cotangents[2].data_ptr<S>(), cotangents[1].stride(0), cotangents[2].stride(0)};
-      std::array<at::Tensor, 3> grads{at::empty({pr.sender_rows, pr.dim1}, in.options),
+      std::array<at::Tensor, 3> grads{empty_huge({pr.sender_rows, pr.dim1}, in.options),
                                       empty_huge({pr.num_edges, pr.dim2}, in.options),
                                       empty_huge({pr.num_edges, pr.weight_numel}, in.options)};
       backward_fused<S>(pr, &h, layout == 0 ? &su.blocks1 : nullptr, grads[0].data_ptr<S>(), grads[1].data_ptr<S>(),
