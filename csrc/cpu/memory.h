@@ -19,7 +19,7 @@
 //   * buffers from 256 KiB on are pooled too. glibc serves those from its heap, but the few MB of
 //     them a step frees at its end go over its trim threshold, so it returns them to the OS and the
 //     next step faults them in again: in the tensor-product convolution's forward+backward at L = 2
-//     (N = 1000, three 1 MB node tensors) that was 3,600 page faults a step.
+//     (N = 1000, node tensors of about 1 MB each) that was 3,600 page faults a step.
 //
 // The op empty_pooled (memory.cpp) hands the same buffers to Python for the intermediates that
 // PyTorch GEMMs write in the SO(2) maps (with a 1 GB pool that measured 8% slower, the pool then
@@ -135,8 +135,8 @@ class BufferPool {
 };
 
 // at::empty for a large kernel output: from the buffer pool (pages already faulted in when reused,
-// huge pages from 8 MiB on) for CPU tensors of at least 256 KiB, a plain at::empty otherwise. The contents are
-// undefined, as with at::empty.
+// huge pages from 8 MiB on) for CPU tensors of at least 256 KiB, a plain at::empty otherwise. The
+// contents are undefined, as with at::empty.
 inline at::Tensor empty_huge(at::IntArrayRef size, const at::TensorOptions& options) {
   int64_t numel = 1;
   for (int64_t s : size) numel *= s;
